@@ -1,0 +1,319 @@
+"""Configuration dataclasses with PtychoPINN's field names and defaults.
+
+`ModelConfig`, `TrainingConfig` and `InferenceConfig` mirror PtychoPINN's
+``ptycho/config/config.py`` so that code written against PtychoPINN sees the same names and
+defaults (and the same legacy ``params.cfg`` view, see `params`). `ExecutionConfig` holds the
+runtime choices (device, precision, workers, seed) that never enter the legacy view.
+
+Validation happens in ``__post_init__``: a bad value raises ``ValueError`` naming the field,
+the value and what is allowed. This module must not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar
+
+__all__ = [
+    "ModelConfig",
+    "TrainingConfig",
+    "InferenceConfig",
+    "ExecutionConfig",
+    "config_from_dict",
+    "config_to_dict",
+]
+
+SUPPORTED_N = (64, 128, 256)
+AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
+MODEL_TYPES = ("pinn", "supervised")
+ARCHITECTURES = ("cnn",)
+LOSS_MODES = ("poisson", "mae")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("Default", "Exponential", "WarmupCosine", "ReduceLROnPlateau")
+CLIP_ALGORITHMS = ("norm", "value")
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+BACKENDS = ("pytorch", "tensorflow")
+
+
+def _fail(cls: str, name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{cls}.{name}={value!r} is invalid; expected {allowed}")
+
+
+def _check_choice(cls: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        _fail(cls, name, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _check_positive(cls: str, name: str, value: Any, *, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+        _fail(cls, name, value, "a positive " + ("integer" if integer else "number"))
+
+
+def _check_range(cls: str, name: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        _fail(cls, name, value, f"a number in [{lo}, {hi}]")
+
+
+def _check_bool(cls: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(cls, name, value, "True or False")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network and forward-model architecture (PtychoPINN ``ModelConfig``)."""
+
+    N: int = 64
+    gridsize: int = 1
+    n_filters_scale: int = 2
+    model_type: Literal["pinn", "supervised"] = "pinn"
+    architecture: str = "cnn"
+    amp_activation: str = "sigmoid"
+    object_big: bool = True
+    probe_big: bool = True
+    probe_mask: bool = False
+    pad_object: bool = True
+    probe_scale: float = 4.0
+    gaussian_smoothing_sigma: float = 0.0
+
+    def __post_init__(self) -> None:
+        c = "ModelConfig"
+        _check_choice(c, "N", self.N, SUPPORTED_N)
+        _check_positive(c, "gridsize", self.gridsize, integer=True)
+        if self.gridsize > 4:
+            _fail(c, "gridsize", self.gridsize, "an integer from 1 to 4")
+        _check_positive(c, "n_filters_scale", self.n_filters_scale, integer=True)
+        _check_choice(c, "model_type", self.model_type, MODEL_TYPES)
+        _check_choice(c, "architecture", self.architecture, ARCHITECTURES)
+        _check_choice(c, "amp_activation", self.amp_activation, AMP_ACTIVATIONS)
+        for name in ("object_big", "probe_big", "probe_mask", "pad_object"):
+            _check_bool(c, name, getattr(self, name))
+        _check_positive(c, "probe_scale", self.probe_scale)
+        _check_range(c, "gaussian_smoothing_sigma", self.gaussian_smoothing_sigma, 0.0, 10.0)
+
+    @property
+    def channels(self) -> int:
+        """Patterns per group, C = gridsize**2."""
+        return self.gridsize * self.gridsize
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training parameters (PtychoPINN ``TrainingConfig``).
+
+    ``nphotons=None`` means "measure it from the data" (mean total counts per pattern).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train_data_file: Path | None = None
+    test_data_file: Path | None = None
+    batch_size: int = 16
+    nepochs: int = 50
+    mae_weight: float = 0.0
+    nll_weight: float = 1.0
+    realspace_mae_weight: float = 0.0
+    realspace_weight: float = 0.0
+    nphotons: float | None = None
+    n_groups: int | None = 512
+    n_subsample: int | None = None
+    subsample_seed: int | None = None
+    neighbor_count: int = 4
+    positions_provided: bool = True
+    probe_trainable: bool = False
+    intensity_scale_trainable: bool = True
+    output_dir: Path = Path("training_outputs")
+    sequential_sampling: bool = False
+    backend: str = "pytorch"
+    torch_loss_mode: str = "poisson"
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
+    scheduler: str = "ReduceLROnPlateau"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    plateau_min_lr: float = 5e-5
+    plateau_threshold: float = 0.0
+    validation_fraction: float = 0.05
+    early_stop_patience: int = 10
+
+    def __post_init__(self) -> None:
+        c = "TrainingConfig"
+        if not isinstance(self.model, ModelConfig):
+            _fail(c, "model", self.model, "a ModelConfig")
+        for name in ("train_data_file", "test_data_file", "output_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+        _check_positive(c, "batch_size", self.batch_size, integer=True)
+        _check_positive(c, "nepochs", self.nepochs, integer=True)
+        for name in ("mae_weight", "nll_weight"):
+            _check_range(c, name, getattr(self, name), 0.0, 1.0)
+        for name in ("realspace_mae_weight", "realspace_weight"):
+            _check_range(c, name, getattr(self, name), 0.0, 1e6)
+        if self.mae_weight == 0.0 and self.nll_weight == 0.0 and self.model.model_type == "pinn":
+            _fail(c, "nll_weight", self.nll_weight, "nll_weight > 0 or mae_weight > 0 for a PINN")
+        if self.nphotons is not None:
+            _check_positive(c, "nphotons", self.nphotons)
+        if self.n_groups is not None:
+            _check_positive(c, "n_groups", self.n_groups, integer=True)
+        if self.n_subsample is not None:
+            _check_positive(c, "n_subsample", self.n_subsample, integer=True)
+        _check_positive(c, "neighbor_count", self.neighbor_count, integer=True)
+        if self.neighbor_count < self.model.channels and self.model.gridsize > 1:
+            _fail(c, "neighbor_count", self.neighbor_count,
+                  f"at least gridsize**2 = {self.model.channels}")
+        for name in ("positions_provided", "probe_trainable", "intensity_scale_trainable",
+                     "sequential_sampling"):
+            _check_bool(c, name, getattr(self, name))
+        _check_choice(c, "backend", self.backend, BACKENDS)
+        _check_choice(c, "torch_loss_mode", self.torch_loss_mode, LOSS_MODES)
+        _check_positive(c, "learning_rate", self.learning_rate)
+        _check_choice(c, "optimizer", self.optimizer, OPTIMIZERS)
+        _check_range(c, "weight_decay", self.weight_decay, 0.0, 1.0)
+        for name in ("momentum", "adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0.0 <= value < 1.0:
+                _fail(c, name, value, "a number in [0, 1)")
+        if self.gradient_clip_val is not None:
+            _check_positive(c, "gradient_clip_val", self.gradient_clip_val)
+        _check_choice(c, "gradient_clip_algorithm", self.gradient_clip_algorithm, CLIP_ALGORITHMS)
+        _check_choice(c, "scheduler", self.scheduler, SCHEDULERS)
+        if not 0.0 < self.plateau_factor < 1.0:
+            _fail(c, "plateau_factor", self.plateau_factor, "a number in (0, 1)")
+        if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int) \
+                or self.plateau_patience < 0:
+            _fail(c, "plateau_patience", self.plateau_patience, "a non-negative integer")
+        _check_range(c, "plateau_min_lr", self.plateau_min_lr, 0.0, 1.0)
+        _check_range(c, "plateau_threshold", self.plateau_threshold, 0.0, 1.0)
+        _check_range(c, "validation_fraction", self.validation_fraction, 0.0, 0.5)
+        _check_positive(c, "early_stop_patience", self.early_stop_patience, integer=True)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Inference parameters (PtychoPINN ``InferenceConfig``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    model_path: Path | None = None
+    test_data_file: Path | None = None
+    n_groups: int | None = None
+    n_subsample: int | None = None
+    subsample_seed: int | None = None
+    neighbor_count: int = 4
+    debug: bool = False
+    output_dir: Path = Path("inference_outputs")
+    backend: str = "pytorch"
+
+    def __post_init__(self) -> None:
+        c = "InferenceConfig"
+        if not isinstance(self.model, ModelConfig):
+            _fail(c, "model", self.model, "a ModelConfig")
+        for name in ("model_path", "test_data_file", "output_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+        if self.n_groups is not None:
+            _check_positive(c, "n_groups", self.n_groups, integer=True)
+        if self.n_subsample is not None:
+            _check_positive(c, "n_subsample", self.n_subsample, integer=True)
+        _check_positive(c, "neighbor_count", self.neighbor_count, integer=True)
+        if self.neighbor_count < self.model.channels and self.model.gridsize > 1:
+            _fail(c, "neighbor_count", self.neighbor_count,
+                  f"at least gridsize**2 = {self.model.channels}")
+        _check_bool(c, "debug", self.debug)
+        _check_choice(c, "backend", self.backend, BACKENDS)
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Runtime choices; never written into the legacy ``params.cfg`` view.
+
+    ``accelerator='auto'`` uses CUDA when available, else the CPU with a warning; an explicit
+    ``'cuda'`` without a usable GPU is an error.
+    """
+
+    accelerator: str = "auto"
+    devices: int = 1
+    gpu_indices: tuple[int, ...] = ()
+    precision: str = "32-true"
+    num_workers: int = 0
+    pin_memory: bool = True
+    seed: int = 42
+    deterministic: bool = False
+    inference_batch_size: int | None = None
+    enable_progress_bar: bool = False
+    strategy: str = "auto"
+    num_nodes: int = 1
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        c = "ExecutionConfig"
+        _check_choice(c, "accelerator", self.accelerator, ACCELERATORS)
+        _check_positive(c, "devices", self.devices, integer=True)
+        object.__setattr__(self, "gpu_indices", tuple(self.gpu_indices))
+        for index in self.gpu_indices:
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                _fail(c, "gpu_indices", self.gpu_indices, "non-negative integer GPU indices")
+        _check_choice(c, "precision", self.precision, PRECISIONS)
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) \
+                or self.num_workers < 0:
+            _fail(c, "num_workers", self.num_workers, "a non-negative integer")
+        _check_bool(c, "pin_memory", self.pin_memory)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            _fail(c, "seed", self.seed, "a non-negative integer")
+        _check_bool(c, "deterministic", self.deterministic)
+        if self.inference_batch_size is not None:
+            _check_positive(c, "inference_batch_size", self.inference_batch_size, integer=True)
+        _check_bool(c, "enable_progress_bar", self.enable_progress_bar)
+        _check_choice(c, "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
+        _check_positive(c, "num_nodes", self.num_nodes, integer=True)
+        _check_bool(c, "compile", self.compile)
+
+
+_Config = TypeVar("_Config", ModelConfig, TrainingConfig, InferenceConfig, ExecutionConfig)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain-data dict of a config (nested ``model`` included, ``Path`` -> ``str``).
+
+    Used for the model file, which must load with ``torch.load(weights_only=True)``.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"expected a config dataclass instance, got {type(config).__name__}")
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = config_to_dict(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def config_from_dict(cls: type[_Config], data: Mapping[str, Any]) -> _Config:
+    """Rebuild a config from `config_to_dict` output; unknown keys are an error."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__} data must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+    kwargs = dict(data)
+    if "model" in kwargs and isinstance(kwargs["model"], Mapping):
+        kwargs["model"] = config_from_dict(ModelConfig, kwargs["model"])
+    if "gpu_indices" in kwargs and kwargs["gpu_indices"] is not None:
+        kwargs["gpu_indices"] = tuple(kwargs["gpu_indices"])
+    return cls(**kwargs)

@@ -1,0 +1,89 @@
+"""Inference: predict object patches in batches and stitch them into the object canvas.
+
+Stitching places every patch at its integer pixel and applies the sub-pixel remainder with a
+Fourier shift, the convention ``ptychodus.api.simulate`` uses to form its exit waves, so exact
+patches reproduce the object exactly (no bilinear resampling, which loses detail). Overlaps
+are averaged with the probe intensity as weight: ``O = sum(w_i O_i) / sum(w_i)``. Accumulation
+happens on the compute device with scatter-adds, so memory is the canvas plus one batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+
+from . import physics
+
+__all__ = ["PatchStitcher", "stitch_patches"]
+
+
+class PatchStitcher:
+    """Accumulates weighted patches into an ``(H, W)`` canvas on ``device``."""
+
+    def __init__(self, shape: tuple[int, int], weight: torch.Tensor, *, device: torch.device) -> None:
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.n = int(weight.shape[-1])
+        self.device = device
+        self.weight = weight.to(device=device, dtype=torch.float32)
+        self.numerator = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.complex64, device=device)
+        self.denominator = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.float32, device=device)
+        ramp = torch.arange(self.n, device=device)
+        self._rows = ramp.view(1, self.n, 1)
+        self._cols = ramp.view(1, 1, self.n)
+
+    def add(self, patches: torch.Tensor, positions_px: torch.Tensor) -> None:
+        """Add ``(K, N, N)`` complex patches centred at ``(K, 2)`` object-pixel positions (x, y)."""
+        patches = patches.to(self.device, torch.complex64)
+        pos = positions_px.to(self.device, torch.float64)
+        half = (self.n - 1) / 2.0
+        lower = torch.floor(pos - half)
+        frac = (pos - half - lower).to(torch.float32)  # in [0, 1)
+        weighted = physics.fourier_shift(patches * self.weight, frac)
+        weights = physics.fourier_shift(self.weight.expand(patches.shape[0], -1, -1), frac)
+        lower = lower.to(torch.long)
+        rows = lower[:, 1].view(-1, 1, 1) + self._rows
+        cols = lower[:, 0].view(-1, 1, 1) + self._cols
+        inside = (rows >= 0) & (rows < self.shape[0]) & (cols >= 0) & (cols < self.shape[1])
+        flat = (rows * self.shape[1] + cols)[inside]
+        self.numerator.index_add_(0, flat, weighted[inside])
+        self.denominator.index_add_(0, flat, weights[inside])
+
+    def result(self, *, threshold: float = 1e-3) -> torch.Tensor:
+        """The stitched ``(H, W)`` complex64 object; zero where the weights are below
+        ``threshold`` times their maximum (pixels no probe meaningfully illuminated)."""
+        den = self.denominator
+        limit = threshold * float(den.max()) if den.numel() else 0.0
+        covered = den > max(limit, 1e-12)
+        obj = torch.where(covered, self.numerator / torch.where(covered, den, torch.ones_like(den)),
+                          torch.zeros_like(self.numerator))
+        return obj.view(self.shape)
+
+    def coverage(self) -> torch.Tensor:
+        return self.denominator.view(self.shape)
+
+
+def stitch_patches(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    shape: tuple[int, int],
+    probe: torch.Tensor,
+    *,
+    device: torch.device | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Stitch an iterable of ``(patches (K, N, N), positions (K, 2))`` into an ``(H, W)`` object.
+
+    The weight is the probe intensity normalised to a maximum of 1.
+    """
+    intensity = torch.abs(probe) ** 2
+    weight = intensity / intensity.max().clamp_min(1e-30)
+    dev = device if device is not None else weight.device
+    stitcher = PatchStitcher(shape, weight, device=dev)
+    for i, (patches, positions) in enumerate(batches):
+        stitcher.add(patches, positions)
+        if on_batch is not None:
+            on_batch(i + 1)
+    if not math.isfinite(float(stitcher.denominator.sum())):
+        raise FloatingPointError("stitching produced non-finite weights")
+    return stitcher.result()

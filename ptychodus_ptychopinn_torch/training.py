@@ -1,0 +1,211 @@
+"""Lightning training of a `PtychoPINN` model: module, callbacks and Trainer construction."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from . import physics
+from .config import ExecutionConfig, TrainingConfig
+from .model.pinn import PtychoPINN
+
+__all__ = [
+    "EpochReport",
+    "TrainingCancelled",
+    "PtychoPINNModule",
+    "fit",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingCancelled(RuntimeError):
+    """Raised when a stop was requested; the run's weights are discarded."""
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What an epoch's end tells progress listeners."""
+
+    epoch: int  # 1-based
+    num_epochs: int
+    train_loss: float
+    val_loss: float | None
+    batches_done: int
+    batches_total: int
+    learning_rate: float
+
+
+class PtychoPINNModule(L.LightningModule):
+    """Lightning wrapper: the loss of `TrainingConfig` on top of a `PtychoPINN` model.
+
+    PINN mode: ``nll_weight * Poisson NLL + mae_weight * amplitude MAE`` in counts.
+    Supervised mode: amplitude L1 plus wrapped-phase L1 against the true object patches.
+    """
+
+    def __init__(self, model: PtychoPINN, training: TrainingConfig,
+                 detector_mask: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.training_config = training
+        if detector_mask is not None:
+            self.register_buffer("detector_mask", detector_mask.to(torch.float32))
+        else:
+            self.detector_mask = None
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = batch["amplitudes"]
+        cfg = self.training_config
+        if cfg.model.model_type == "supervised":
+            obj = self.model.predict_object(x)
+            truth = batch["truth"]
+            amp = torch.mean(torch.abs(torch.abs(obj) - torch.abs(truth)))
+            phase = torch.mean(torch.abs(torch.angle(obj * torch.conj(truth))))
+            return amp + phase
+        pred, _ = self.model(x, batch["coords_relative"])
+        obs = self.model.observed_count_amplitudes(x)
+        loss = torch.zeros((), device=x.device)
+        if cfg.torch_loss_mode == "mae" or cfg.mae_weight > 0:
+            weight = 1.0 if cfg.torch_loss_mode == "mae" and cfg.mae_weight == 0 else cfg.mae_weight
+            loss = loss + weight * physics.amplitude_mae(pred, obs, mask=self.detector_mask)
+        if cfg.torch_loss_mode == "poisson" and cfg.nll_weight > 0:
+            loss = loss + cfg.nll_weight * physics.poisson_nll(pred, obs, mask=self.detector_mask)
+        return loss
+
+    def training_step(self, batch, batch_idx):  # noqa: D102
+        loss = self.compute_loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch["amplitudes"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):  # noqa: D102
+        loss = self.compute_loss(batch)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=batch["amplitudes"].shape[0])
+        return loss
+
+    def configure_optimizers(self):  # noqa: D102
+        cfg = self.training_config
+        params = [p for p in self.parameters() if p.requires_grad]
+        if cfg.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                   weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                    weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "ReduceLROnPlateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+                min_lr=cfg.plateau_min_lr, threshold=cfg.plateau_threshold,
+            )
+            monitor = "val_loss" if self.trainer.num_val_batches and sum(self.trainer.num_val_batches) else "train_loss"
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
+        if cfg.scheduler == "Exponential":
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.95)}
+        return opt
+
+
+class _Progress(Callback):
+    """Per-epoch history, listener calls, cooperative stop and best-weights tracking."""
+
+    def __init__(self, on_epoch, on_batch, should_stop, monitor: str) -> None:
+        self.on_epoch = on_epoch
+        self.on_batch = on_batch
+        self.should_stop = should_stop
+        self.monitor = monitor
+        self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+        self.best_score = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.batches_done = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: D102
+        if self.should_stop is not None and self.should_stop():
+            raise TrainingCancelled("training was stopped before it finished; no model was saved")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: D102
+        self.batches_done += 1
+        if self.on_batch is not None:
+            self.on_batch(self.batches_done, self._batches_total(trainer))
+
+    @staticmethod
+    def _batches_total(trainer) -> int:
+        per_epoch = trainer.num_training_batches
+        per_epoch = int(per_epoch) if math.isfinite(per_epoch) else 0
+        return per_epoch * trainer.max_epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):  # noqa: D102
+        metrics = trainer.callback_metrics
+        train = float(metrics["train_loss"]) if "train_loss" in metrics else math.nan
+        val = float(metrics["val_loss"]) if "val_loss" in metrics else None
+        self.history["train_loss"].append(train)
+        if val is not None:
+            self.history["val_loss"].append(val)
+        score = val if (self.monitor == "val_loss" and val is not None) else train
+        if math.isfinite(score) and score < self.best_score:
+            self.best_score = score
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.model.state_dict().items()}
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        report = EpochReport(
+            epoch=trainer.current_epoch + 1, num_epochs=trainer.max_epochs, train_loss=train,
+            val_loss=val, batches_done=self.batches_done, batches_total=self._batches_total(trainer),
+            learning_rate=float(lr),
+        )
+        logger.info(
+            "epoch %d/%d  train_loss %.6g  val_loss %s  lr %.3g", report.epoch, report.num_epochs,
+            train, "n/a" if val is None else f"{val:.6g}", report.learning_rate,
+        )
+        if self.on_epoch is not None:
+            self.on_epoch(report)
+
+
+def fit(
+    module: PtychoPINNModule,
+    train_loader,
+    val_loader,
+    training: TrainingConfig,
+    execution: ExecutionConfig,
+    *,
+    accelerator: str,
+    devices,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, list[float]]:
+    """Train ``module`` in place; restore the best weights; return the loss history.
+
+    Raises `TrainingCancelled` when ``should_stop()`` turns true (checked before every batch).
+    """
+    monitor = "val_loss" if val_loader is not None else "train_loss"
+    progress = _Progress(on_epoch, on_batch, should_stop, monitor)
+    callbacks: list[Callback] = [progress]
+    if val_loader is not None:
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=training.early_stop_patience))
+    trainer = L.Trainer(
+        max_epochs=training.nepochs,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=execution.num_nodes,
+        strategy=execution.strategy,
+        precision=execution.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=execution.enable_progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic="warn" if execution.deterministic else False,
+        gradient_clip_val=training.gradient_clip_val,
+        gradient_clip_algorithm=training.gradient_clip_algorithm,
+        callbacks=callbacks,
+    )
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    if progress.best_state is not None:
+        module.model.load_state_dict(progress.best_state)
+    return progress.history

@@ -1,0 +1,277 @@
+"""The engine facade: train a model on a scan, reconstruct an object with a model.
+
+This is the one place that turns a `ScanData` and explicit configs into tensors, a trained
+`ModelBundle` or a stitched object. The CLI, the Ptychodus integration and the
+PtychoPINN-compatible `components` all go through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .. import __version__, params, physics
+from ..checkpoint import ModelBundle, build_model
+from ..config import ExecutionConfig, InferenceConfig, TrainingConfig
+from ..data.dataset import GroupedDataset, normalisation_factor, split_groups
+from ..data.grouping import group_positions
+from ..data.scan import ScanData
+from ..device import lightning_accelerator, resolve_device
+from ..inference import PatchStitcher
+from ..model.pinn import PhysicsConstants, implied_object_amplitude
+from ..training import EpochReport, PtychoPINNModule, TrainingCancelled, fit
+
+__all__ = [
+    "EpochReport",
+    "Reconstruction",
+    "TrainingCancelled",
+    "derive_constants",
+    "train_model",
+    "reconstruct_object",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """A stitched object in the scan's object canvas, with the scan positions in it."""
+
+    object: np.ndarray  # (H, W) complex64
+    object_x_px: np.ndarray  # (M,) float64
+    object_y_px: np.ndarray  # (M,) float64
+    coverage: np.ndarray  # (H, W) float32 stitching weights (0 = not illuminated)
+    seconds: float
+
+    @property
+    def amplitude(self) -> np.ndarray:
+        return np.abs(self.object)
+
+    @property
+    def phase(self) -> np.ndarray:
+        return np.angle(self.object)
+
+
+def _seed_everything(seed: int) -> None:
+    import lightning as L
+
+    L.seed_everything(seed, workers=True, verbose=False)
+
+
+def derive_constants(scan: ScanData, training: TrainingConfig, groups: np.ndarray) -> PhysicsConstants:
+    """Normalisation, intensity scale, probe factor, amplitude range and merge canvas."""
+    model = training.model
+    n = model.N
+    kappa = normalisation_factor(scan.amplitudes)
+    nphotons = float(training.nphotons) if training.nphotons is not None else float(scan.mean_counts)
+    if not nphotons > 0:
+        raise ValueError("the scan holds no photons (all patterns are zero); cannot train on it")
+    probe = torch.as_tensor(scan.probe, dtype=torch.complex64)
+    normalized, factor = physics.normalize_probe(probe, model.probe_scale)
+    if model.model_type == "supervised":
+        if scan.object_guess is None:
+            raise ValueError("supervised training needs the true object (objectGuess) in the training data")
+        amp_max = 1.25 * float(np.max(np.abs(scan.object_guess)))
+    else:
+        amp_max = 2.0 * implied_object_amplitude(normalized, n)
+    max_offset = 0.0
+    if groups.shape[1] > 1:
+        pos = scan.positions_px[groups]  # (G, C, 2)
+        max_offset = float(np.max(np.abs(pos - pos.mean(axis=1, keepdims=True))))
+    return PhysicsConstants(
+        N=n,
+        kappa=float(kappa),
+        nphotons=nphotons,
+        intensity_scale=math.sqrt(nphotons) / (n / 2.0),
+        probe_factor=float(factor),
+        amp_max=float(max(amp_max, 1e-3)),
+        canvas_size=physics.canvas_size(n, max_offset + 1.0),
+    )
+
+
+def _loader(dataset, batch_size: int, *, shuffle: bool, execution: ExecutionConfig, device, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=execution.num_workers,
+        pin_memory=execution.pin_memory and device.type == "cuda",
+        persistent_workers=execution.num_workers > 0,
+        generator=generator,
+    )
+
+
+def train_model(
+    scan: ScanData,
+    training: TrainingConfig,
+    execution: ExecutionConfig | None = None,
+    *,
+    validation_scan: ScanData | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ModelBundle:
+    """Train a PtychoPINN (or supervised) model on ``scan``.
+
+    Groups are drawn per `TrainingConfig` (``n_groups``, ``neighbor_count``, seed); a
+    ``validation_fraction`` of them is held out unless ``validation_scan`` is given. Raises
+    `TrainingCancelled` if ``should_stop()`` becomes true; bad data raise ``ValueError``
+    before any training starts.
+    """
+    execution = execution or ExecutionConfig()
+    model_cfg = training.model
+    scan.validate(N=model_cfg.N, gridsize=model_cfg.gridsize, neighbor_count=training.neighbor_count)
+    if validation_scan is not None:
+        validation_scan.validate(N=model_cfg.N, gridsize=model_cfg.gridsize, neighbor_count=training.neighbor_count)
+    device, reason = resolve_device(execution)
+    accelerator, devices = lightning_accelerator(execution)
+    logger.info("training on %s", reason)
+    seed = training.subsample_seed if training.subsample_seed is not None else execution.seed
+    _seed_everything(seed)
+
+    groups = group_positions(
+        scan.positions_px, gridsize=model_cfg.gridsize, n_groups=training.n_groups,
+        neighbor_count=training.neighbor_count, seed=seed, sequential=training.sequential_sampling,
+        n_subsample=training.n_subsample,
+    )
+    constants = derive_constants(scan, training, groups)
+    if training.nphotons is None:
+        # Record the photon count actually used in the legacy view.
+        params.update_legacy_dict(params.cfg, dataclasses.replace(training, nphotons=constants.nphotons))
+    params.cfg["intensity_scale"] = constants.intensity_scale
+
+    supervised = model_cfg.model_type == "supervised"
+    if validation_scan is None:
+        train_groups, val_groups = split_groups(groups, training.validation_fraction, seed)
+        val_source = scan
+    else:
+        train_groups = groups
+        val_groups = group_positions(
+            validation_scan.positions_px, gridsize=model_cfg.gridsize, n_groups=None,
+            neighbor_count=training.neighbor_count, seed=seed, all_positions=True,
+        )
+        val_source = validation_scan
+    train_set = GroupedDataset(scan, train_groups, constants.kappa, with_truth=supervised)
+    train_loader = _loader(train_set, training.batch_size, shuffle=True, execution=execution, device=device, seed=seed)
+    val_loader = None
+    if len(val_groups):
+        val_kappa = constants.kappa if validation_scan is None else normalisation_factor(val_source.amplitudes)
+        val_set = GroupedDataset(val_source, val_groups, val_kappa, with_truth=supervised)
+        val_loader = _loader(val_set, training.batch_size, shuffle=False, execution=execution, device=device, seed=seed)
+
+    network = build_model(training, constants, scan.probe)
+    detector_mask = None
+    if scan.bad_pixels is not None and scan.bad_pixels.any():
+        detector_mask = torch.as_tensor(~scan.bad_pixels)
+    module = PtychoPINNModule(network, training, detector_mask)
+    logger.info(
+        "training %s: N=%d gridsize=%d, %d training and %d validation groups, %d epochs, batch %d; "
+        "nphotons %.4g, intensity scale %.4g, amplitude range %.3g",
+        model_cfg.model_type, model_cfg.N, model_cfg.gridsize, len(train_groups), len(val_groups),
+        training.nepochs, training.batch_size, constants.nphotons, constants.intensity_scale, constants.amp_max,
+    )
+    start = time.perf_counter()
+    history = fit(
+        module, train_loader, val_loader, training, execution, accelerator=accelerator, devices=devices,
+        on_epoch=on_epoch, on_batch=on_batch, should_stop=should_stop,
+    )
+    seconds = time.perf_counter() - start
+    network = module.model.to(device).eval()
+    provenance = {
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "trained_on": reason,
+        "precision": execution.precision,
+        "seed": seed,
+        "training_seconds": round(seconds, 3),
+        "epochs_run": len(history["train_loss"]),
+        "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
+        "final_val_loss": history["val_loss"][-1] if history["val_loss"] else None,
+        "dataset": {
+            "num_patterns": scan.num_positions,
+            "num_training_groups": int(len(train_groups)),
+            "num_validation_groups": int(len(val_groups)),
+            "object_shape": list(scan.object_shape),
+            "mean_counts": float(scan.mean_counts),
+        },
+    }
+    return ModelBundle(
+        network=network, training_config=training, constants=constants,
+        probe=np.asarray(scan.probe, dtype=np.complex64), history=history, provenance=provenance,
+    )
+
+
+def _check_compatible(bundle: ModelBundle, scan: ScanData, inference: InferenceConfig) -> None:
+    model = bundle.model_config
+    if scan.N != model.N:
+        raise ValueError(f"the model was trained for N={model.N} but the data have {scan.N}x{scan.N} patterns")
+    if inference.model.gridsize != model.gridsize or inference.model.N != model.N:
+        raise ValueError(
+            f"InferenceConfig.model (N={inference.model.N}, gridsize={inference.model.gridsize}) does not "
+            f"match the loaded model (N={model.N}, gridsize={model.gridsize})"
+        )
+
+
+def reconstruct_object(
+    bundle: ModelBundle,
+    scan: ScanData,
+    inference: InferenceConfig | None = None,
+    execution: ExecutionConfig | None = None,
+    *,
+    on_batch: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Reconstruction:
+    """Predict every pattern's object patch and stitch them into the scan's object canvas.
+
+    Every position is used (for gridsize > 1, each position seeds a group with its nearest
+    neighbours and every channel is stitched at its own position). Memory on the device is
+    the canvas plus one batch.
+    """
+    execution = execution or ExecutionConfig()
+    inference = inference or InferenceConfig(model=bundle.model_config)
+    model_cfg = bundle.model_config
+    _check_compatible(bundle, scan, inference)
+    scan.validate(N=model_cfg.N, gridsize=model_cfg.gridsize, neighbor_count=inference.neighbor_count)
+    device, reason = resolve_device(execution)
+    logger.info("inference on %s", reason)
+    start = time.perf_counter()
+    groups = group_positions(
+        scan.positions_px, gridsize=model_cfg.gridsize, n_groups=inference.n_groups,
+        neighbor_count=inference.neighbor_count, seed=inference.subsample_seed or 0, all_positions=True,
+    )
+    kappa = normalisation_factor(scan.amplitudes)
+    dataset = GroupedDataset(scan, groups, kappa)
+    batch_size = execution.inference_batch_size or max(64, bundle.training_config.batch_size)
+    loader = _loader(dataset, batch_size, shuffle=False, execution=execution, device=device, seed=0)
+    network = bundle.network.to(device).eval()
+    intensity = torch.abs(torch.as_tensor(scan.probe, dtype=torch.complex64)) ** 2
+    stitcher = PatchStitcher(scan.object_shape, intensity / intensity.max().clamp_min(1e-30), device=device)
+    autocast = execution.precision == "bf16-mixed"
+    total = len(loader)
+    with torch.inference_mode():
+        for i, batch in enumerate(loader):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled("reconstruction was stopped before it finished")
+            x = batch["amplitudes"].to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                patches = network.predict_object(x)
+            stitcher.add(patches.reshape(-1, model_cfg.N, model_cfg.N), batch["positions"].reshape(-1, 2))
+            if on_batch is not None:
+                on_batch(i + 1, total)
+    obj = stitcher.result().cpu().numpy().astype(np.complex64)
+    return Reconstruction(
+        object=obj,
+        object_x_px=scan.positions_px[:, 0].astype(np.float64),
+        object_y_px=scan.positions_px[:, 1].astype(np.float64),
+        coverage=stitcher.coverage().cpu().numpy(),
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,148 @@
+"""load_scan / save_training_npz / scan_from_reconstruct_input."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ptychodus_ptychopinn_torch.data.io import load_scan, save_training_npz, scan_from_reconstruct_input
+from ptychodus_ptychopinn_torch.simulate import write_scan_files
+
+
+def _expected_positions(product):
+    geometry = product.object_.get_geometry()
+    return np.column_stack(
+        [
+            geometry.map_probe_positions_to_object_x_px(product.probe_positions),
+            geometry.map_probe_positions_to_object_y_px(product.probe_positions),
+        ]
+    )
+
+
+def test_from_reconstruct_input(small_scan):
+    ri = small_scan.reconstruct_input
+    scan = scan_from_reconstruct_input(ri)
+    assert scan.amplitudes.shape == (25, 32, 32) and scan.amplitudes.dtype == np.float32
+    np.testing.assert_allclose(scan.amplitudes.astype(np.float64) ** 2, ri.diffraction_patterns, rtol=1e-6)
+    np.testing.assert_array_equal(scan.positions_px, _expected_positions(ri.product))
+    probe = ri.product.probes.get_probe_no_opr().get_incoherent_mode(0)
+    np.testing.assert_allclose(scan.probe, probe, rtol=1e-6)
+    assert scan.object_shape == ri.product.object_.get_layer(0).shape
+    assert scan.mean_counts == pytest.approx(ri.diffraction_patterns.sum(axis=(1, 2)).mean(), rel=1e-6)
+
+
+def test_bad_pixels_zeroed_and_kept(small_scan):
+    ri = small_scan.reconstruct_input
+    bad = np.zeros(ri.bad_pixels.shape, bool)
+    bad[0, :3] = True
+    scan = scan_from_reconstruct_input(dataclasses.replace(ri, bad_pixels=bad))
+    assert scan.amplitudes[:, 0, :3].max() == 0
+    np.testing.assert_array_equal(scan.bad_pixels, bad)
+
+
+def test_npz_round_trip_uint32_and_3d_probe(small_scan, tmp_path):
+    ri = small_scan.reconstruct_input
+    counts = ri.diffraction_patterns.astype(np.uint32)
+    ri32 = dataclasses.replace(ri, diffraction_patterns=counts)
+    written = save_training_npz(tmp_path / "train_data", ri32)
+    assert written == tmp_path / "train_data.npz" and written.is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp file gone
+    with np.load(written) as raw:
+        assert raw["diff3d"].dtype == np.uint32 and raw["probeGuess"].ndim == 3
+    for source in (written, tmp_path):  # the file, and the directory holding train_data.npz
+        scan = load_scan(source)
+        np.testing.assert_array_equal(scan.amplitudes, np.sqrt(counts.astype(np.float64)).astype(np.float32))
+        np.testing.assert_allclose(scan.positions_px, _expected_positions(ri.product))
+        assert scan.object_shape == ri.product.object_.get_layer(0).shape
+        assert scan.bad_pixels is not None and not scan.bad_pixels.any()
+
+
+def test_npz_without_object_guess_builds_canvas(tmp_path):
+    m, n = 5, 8
+    x = np.array([100.0, 110.5, 120.0, 105.0, 115.25])
+    y = np.array([-20.0, -10.0, 0.0, -5.0, -15.0])
+    np.savez(
+        tmp_path / "scan.npz",
+        diff3d=np.ones((m, n, n)),
+        probeGuess=np.ones((n, n), complex),
+        xcoords=x,
+        ycoords=y,
+    )
+    scan = load_scan(tmp_path / "scan.npz")
+    assert scan.object_shape == (20 + n, 20 + n)
+    np.testing.assert_allclose(np.diff(scan.positions_px[:, 0]), np.diff(x))  # shift only
+    centre = 0.5 * (scan.positions_px.min(axis=0) + scan.positions_px.max(axis=0))
+    np.testing.assert_allclose(centre, [(28 - 1) / 2, (28 - 1) / 2])
+    lower = np.floor(scan.positions_px - (n - 1) / 2)
+    assert lower.min() >= 0 and lower.max() + n <= 28
+
+
+def _write(path, **arrays):
+    base = dict(
+        diff3d=np.ones((3, 8, 8)),
+        probeGuess=np.ones((8, 8), complex),
+        xcoords=np.array([10.0, 12.0, 14.0]),
+        ycoords=np.array([10.0, 11.0, 12.0]),
+        objectGuess=np.ones((30, 30), complex),
+    )
+    base.update(arrays)
+    np.savez(path, **{k: v for k, v in base.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(diff3d=None), r"missing key 'diff3d' \(expected \(M, N, N\)"),
+        (dict(probeGuess=None), r"missing key 'probeGuess'"),
+        (dict(xcoords=None), r"missing key 'xcoords'"),
+        (dict(diff3d=np.ones((3, 64))), r"'diff3d' must have shape \(M, N, N\); got \(3, 64\)"),
+        (dict(probeGuess=np.ones((1, 1, 8, 8), complex)), r"'probeGuess' must have shape \(N, N\) or \(modes, N, N\)"),
+        (dict(probeGuess=np.ones((16, 16), complex)), r"probe shape \(16, 16\) does not match"),
+        (dict(xcoords=np.array([1.0, 2.0])), r"'xcoords' and 'ycoords' must be 1-D arrays of equal length"),
+        (dict(xcoords=np.ones(4), ycoords=np.ones(4)), r"3 patterns but 'xcoords'/'ycoords' hold 4"),
+        (dict(bad_pixels=np.zeros((4, 4), bool)), r"'bad_pixels' must have the pattern shape \(8, 8\)"),
+        (dict(objectGuess=np.ones((2, 30, 30), complex)), r"'objectGuess' must have shape \(H, W\)"),
+        (dict(xcoords=np.array([10.0, 12.0, 40.0])), r"outside the object canvas"),
+        (dict(diff3d=-np.ones((3, 8, 8))), r"negative counts"),
+        (dict(diff3d=np.ones((3, 8, 6))), r"must be square"),
+    ],
+)
+def test_npz_errors(tmp_path, overrides, message):
+    path = _write(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(ValueError, match=message):
+        load_scan(path)
+
+
+def test_npz_2d_probe_and_bad_pixels(tmp_path):
+    bad = np.zeros((8, 8), bool)
+    bad[4, 4] = True
+    counts = np.full((3, 8, 8), 4.0)
+    counts[:, 4, 4] = np.nan  # a bad pixel may hold anything
+    scan = load_scan(_write(tmp_path / "ok.npz", diff3d=counts, bad_pixels=bad))
+    assert scan.probe.shape == (8, 8) and scan.amplitudes[0, 4, 4] == 0
+    assert scan.amplitudes[0, 0, 0] == 2.0 and scan.bad_pixels[4, 4]
+
+
+def test_missing_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_scan(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=r"looked for train_data.npz, or for diffraction.h5 \+ product.h5"):
+        load_scan(tmp_path)
+    (tmp_path / "diffraction.h5").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"missing: product.h5"):
+        load_scan(tmp_path)
+    other = tmp_path / "data.txt"
+    other.write_text("x")
+    with pytest.raises(ValueError, match="expected a Ptychodus training-data .npz file"):
+        load_scan(other)
+
+
+def test_hdf5_directory(small_scan, tmp_path):
+    write_scan_files(small_scan, tmp_path / "batch")
+    scan = load_scan(tmp_path / "batch")
+    direct = scan_from_reconstruct_input(small_scan.reconstruct_input)
+    np.testing.assert_array_equal(scan.amplitudes, direct.amplitudes)
+    np.testing.assert_allclose(scan.positions_px, direct.positions_px, atol=1e-9)
+    np.testing.assert_allclose(scan.probe, direct.probe)
+    np.testing.assert_allclose(scan.object_guess, direct.object_guess)
