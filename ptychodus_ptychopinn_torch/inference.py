@@ -40,8 +40,8 @@ class PatchStitcher:
         half = (self.n - 1) / 2.0
         lower = torch.floor(pos - half)
         frac = (pos - half - lower).to(torch.float32)  # in [0, 1)
-        weighted = physics.fourier_shift(patches * self.weight, frac)
         weights = physics.fourier_shift(self.weight.expand(patches.shape[0], -1, -1), frac)
+        weighted = physics.fourier_shift(patches, frac) * weights
         lower = lower.to(torch.long)
         rows = lower[:, 1].view(-1, 1, 1) + self._rows
         cols = lower[:, 0].view(-1, 1, 1) + self._cols

@@ -83,15 +83,20 @@ def extract_patches(obj: np.ndarray, positions_px: np.ndarray, N: int) -> np.nda
     dx = pos[:, 0] - (x_lower + r)
     dy = pos[:, 1] - (y_lower + r)
 
-    padded = np.pad(obj.astype(np.complex128), N)
-    rows = (y_lower + N)[:, None] + np.arange(N)[None, :]
-    cols = (x_lower + N)[:, None] + np.arange(N)[None, :]
+    # Cut windows with a margin and shift those: the Fourier shift treats a window as
+    # periodic, and the margin keeps the ringing from its edges out of the returned patch.
+    margin = N // 4
+    size = N + 2 * margin
+    padded = np.pad(obj.astype(np.complex128), size)
+    rows = (y_lower + size - margin)[:, None] + np.arange(size)[None, :]
+    cols = (x_lower + size - margin)[:, None] + np.arange(size)[None, :]
     rows = np.clip(rows, 0, padded.shape[0] - 1)  # far outside: clipped into the zero border
     cols = np.clip(cols, 0, padded.shape[1] - 1)
     windows = padded[rows[:, :, None], cols[:, None, :]]
     frac = (dx != 0.0) | (dy != 0.0)  # pixel-centred positions stay exact slices
     if np.any(frac):
         windows[frac] = fourier_shift_patches(windows[frac], -dx[frac], -dy[frac])
+    windows = windows[:, margin : margin + N, margin : margin + N]
     return windows.astype(np.complex64)
 
 

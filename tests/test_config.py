@@ -1,0 +1,103 @@
+"""Config dataclasses: PtychoPINN defaults, validation messages, plain-dict round trip."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ptychodus_ptychopinn_torch.config import (
+    ExecutionConfig,
+    InferenceConfig,
+    ModelConfig,
+    TrainingConfig,
+    config_from_dict,
+    config_to_dict,
+)
+
+
+def test_model_defaults_are_ptychopinns():
+    m = ModelConfig()
+    assert (m.N, m.gridsize, m.n_filters_scale, m.model_type, m.amp_activation) == (64, 1, 2, "pinn", "sigmoid")
+    assert (m.object_big, m.probe_big, m.probe_mask, m.pad_object, m.probe_scale) == (True, True, False, True, 4.0)
+    assert m.gaussian_smoothing_sigma == 0.0 and m.architecture == "cnn"
+
+
+def test_training_defaults_are_ptychopinns():
+    t = TrainingConfig()
+    assert (t.batch_size, t.nepochs, t.nll_weight, t.mae_weight, t.n_groups, t.neighbor_count) == (16, 50, 1.0, 0.0, 512, 4)
+    assert t.nphotons is None  # measured from the data unless given
+    assert t.intensity_scale_trainable is True and t.probe_trainable is False
+    assert t.output_dir == Path("training_outputs") and t.learning_rate == 1e-3
+    assert (t.plateau_factor, t.plateau_patience, t.plateau_min_lr) == (0.5, 2, 5e-5)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: ModelConfig(N=100), r"ModelConfig.N=100 is invalid; expected one of 64, 128, 256"),
+        (lambda: ModelConfig(gridsize=0), r"ModelConfig.gridsize=0 .* positive integer"),
+        (lambda: ModelConfig(amp_activation="tanh"), r"amp_activation='tanh'.*'sigmoid'"),
+        (lambda: ModelConfig(model_type="gan"), r"model_type='gan'"),
+        (lambda: ModelConfig(probe_scale=-1.0), r"probe_scale=-1.0 .* positive number"),
+        (lambda: ModelConfig(object_big="yes"), r"object_big='yes' .* True or False"),
+        (lambda: TrainingConfig(batch_size=0), r"TrainingConfig.batch_size=0 .* positive integer"),
+        (lambda: TrainingConfig(nepochs=-3), r"nepochs=-3"),
+        (lambda: TrainingConfig(nphotons=0), r"nphotons=0"),
+        (lambda: TrainingConfig(mae_weight=2.0), r"mae_weight=2.0 .* \[0.0, 1.0\]"),
+        (lambda: TrainingConfig(model=ModelConfig(gridsize=2), neighbor_count=3), r"neighbor_count=3 .* at least gridsize\*\*2 = 4"),
+        (lambda: TrainingConfig(learning_rate=0), r"learning_rate=0"),
+        (lambda: TrainingConfig(scheduler="Cyclic"), r"scheduler='Cyclic'"),
+        (lambda: TrainingConfig(validation_fraction=0.9), r"validation_fraction=0.9"),
+        (lambda: TrainingConfig(model={"N": 64}), r"TrainingConfig.model=.* a ModelConfig"),
+        (lambda: InferenceConfig(n_groups=0), r"InferenceConfig.n_groups=0"),
+        (lambda: ExecutionConfig(accelerator="tpu"), r"accelerator='tpu' .* 'auto', 'cpu', 'cuda', 'gpu'"),
+        (lambda: ExecutionConfig(precision="fp8"), r"precision='fp8'"),
+        (lambda: ExecutionConfig(num_workers=-1), r"num_workers=-1"),
+        (lambda: ExecutionConfig(gpu_indices=(0, -1)), r"gpu_indices"),
+    ],
+)
+def test_bad_values_name_field_value_and_allowed(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ModelConfig().N = 128  # type: ignore[misc]
+
+
+def test_string_paths_become_paths():
+    t = TrainingConfig(output_dir="out", train_data_file="a.npz")
+    assert t.output_dir == Path("out") and t.train_data_file == Path("a.npz")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainingConfig(model=ModelConfig(N=128, gridsize=2), nphotons=1e6, output_dir=Path("x")),
+        InferenceConfig(model=ModelConfig(model_type="supervised"), model_path=Path("m.ckpt")),
+        ExecutionConfig(accelerator="cpu", gpu_indices=(1, 2), precision="bf16-mixed"),
+        ModelConfig(probe_mask=True),
+    ],
+)
+def test_plain_dict_round_trip(config):
+    data = config_to_dict(config)
+    assert all(not isinstance(v, Path) for v in data.values())
+    assert config_from_dict(type(config), data) == config
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown TrainingConfig fields: bogus"):
+        config_from_dict(TrainingConfig, {"bogus": 1})
+
+
+def test_importing_configs_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import ptychodus_ptychopinn_torch, ptychodus_ptychopinn_torch.config, "
+        "ptychodus_ptychopinn_torch.params; print('torch' in sys.modules, 'lightning' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
