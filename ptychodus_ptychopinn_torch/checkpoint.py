@@ -62,7 +62,9 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, str):
+        return str(value)  # str subclasses (torch's TorchVersion) are not weights_only-safe
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
     return str(value)
 

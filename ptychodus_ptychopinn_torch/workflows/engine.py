@@ -188,7 +188,7 @@ def train_model(
     network = module.model.to(device).eval()
     provenance = {
         "package_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "trained_on": reason,
         "precision": execution.precision,
         "seed": seed,

@@ -1,0 +1,554 @@
+"""``ptychopinn-torch``: train, reconstruct, a self-contained demo, and an environment check.
+
+    ptychopinn-torch check
+    ptychopinn-torch demo [--out DIR] [--epochs N] [--positions M] [--gridsize G] [--seed S]
+    ptychopinn-torch train DATA --out DIR [--epochs N] [--gridsize G] [--batch-size B] ...
+    ptychopinn-torch reconstruct DATA --model MODEL --out OUT.npz [--device D] [--batch-size B]
+
+DATA is a Ptychodus training-data NPZ, or a directory holding ``train_data.npz`` or
+``diffraction.h5`` + ``product.h5``. Nothing heavy is imported at module level (torch and
+Lightning load inside the commands), so ``--help`` is instant. Bad input prints one line to
+stderr and exits with 2; an interrupt exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+__all__ = ["main", "build_parser"]
+
+PROG = "ptychopinn-torch"
+MODEL_FILE_NAME = "model.ckpt"
+HISTORY_FILE_NAME = "history.json"
+
+#: Demo defaults, sized to finish in a few minutes on 2 CPU cores (N = 64).
+DEMO_POSITIONS = 256
+DEMO_EPOCHS = 8
+DEMO_PHOTONS = 1e5
+
+
+# ----------------------------------------------------------------------------- plumbing
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _console_logging(verbose: bool) -> Iterator[None]:
+    """Package INFO logs with ``-v``, else warnings only; no Lightning chatter.
+
+    Restores the previous logging and warning state afterwards, so calling `main` from a script
+    or a test leaves the process as it was.
+    """
+    level = logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    package = logging.getLogger("ptychodus_ptychopinn_torch")
+    # Lightning sets its package loggers to INFO when it is imported (later, inside a command),
+    # so the levels go on the child loggers its "GPU available" / "Tip" lines come from. The
+    # device warning is dropped too: every command prints the device and the reason itself.
+    noisy = [logging.getLogger(name) for name in (
+        "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+        "pytorch_lightning.utilities.rank_zero", "ptychodus_ptychopinn_torch.device",
+    )]
+    saved = (package.level, package.propagate, [lg.level for lg in noisy])
+    package.addHandler(handler)
+    package.setLevel(level)
+    package.propagate = False
+    for lg in noisy:
+        lg.setLevel(logging.INFO if verbose else logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
+                warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+            yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(saved[0])
+        package.propagate = saved[1]
+        for lg, old in zip(noisy, saved[2]):
+            lg.setLevel(old)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write strict JSON (non-finite floats become null) via a temporary file."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(clean(data), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _fmt_loss(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.6g}"
+
+
+class _EpochPrinter:
+    """Prints one line per epoch and keeps each epoch's wall time for history.json."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.epoch_seconds: list[float] = []
+
+    def __call__(self, report: Any) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.epoch_seconds.append(round(elapsed - sum(self.epoch_seconds), 3))
+        width = len(str(report.num_epochs))
+        print(
+            f"epoch {report.epoch:>{width}}/{report.num_epochs}  "
+            f"train loss {_fmt_loss(report.train_loss)}  val loss {_fmt_loss(report.val_loss)}  "
+            f"({elapsed:.1f} s)",
+            flush=True,
+        )
+
+
+def _history_document(bundle: Any, printer: _EpochPrinter, seconds: float) -> dict[str, Any]:
+    train = [float(v) for v in bundle.history.get("train_loss", [])]
+    val = [float(v) for v in bundle.history.get("val_loss", [])]
+    return {
+        "epochs": list(range(1, len(train) + 1)),
+        "train_loss": train,
+        "val_loss": val,
+        "epoch_seconds": printer.epoch_seconds,
+        "training_seconds": round(seconds, 3),
+    }
+
+
+def _execution(device: str, *, seed: int = 42, precision: str = "32-true",
+               inference_batch_size: int | None = None) -> Any:
+    from .config import ExecutionConfig
+
+    return ExecutionConfig(accelerator=device, seed=seed, precision=precision,
+                           inference_batch_size=inference_batch_size)
+
+
+def _describe_device(execution: Any) -> str:
+    """Which device the engine will use and why (the CLI prints this instead of a warning)."""
+    from .device import resolve_device
+
+    device_logger = logging.getLogger("ptychodus_ptychopinn_torch.device")
+    level = device_logger.level
+    device_logger.setLevel(logging.ERROR)
+    try:
+        device, reason = resolve_device(execution)
+    finally:
+        device_logger.setLevel(level)
+    if device.type == "cpu" and execution.accelerator == "auto":
+        reason += " -- WARNING: CPU only, much slower than a GPU"
+    return reason
+
+
+# ----------------------------------------------------------------------------- check
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from . import __version__
+
+    print(f"ptychodus-ptychopinn-torch {__version__}")
+    print(f"python     {sys.version.split()[0]} ({sys.executable})")
+    for name in ("numpy", "ptychodus", "lightning"):
+        print(f"{name:<10} {_version(name)}")
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - report any broken install
+        print(f"torch      not importable: {exc}")
+        return 1
+    print(f"torch      {torch.__version__} (CUDA build: {torch.version.cuda or 'none'})")
+    available = torch.cuda.is_available()
+    count = torch.cuda.device_count() if available else 0
+    print(f"CUDA       {'available' if available else 'not available'}, {count} device(s)")
+    for index in range(count):
+        props = torch.cuda.get_device_properties(index)
+        print(f"  cuda:{index}  {props.name}, {props.total_memory / 2**30:.1f} GiB, "
+              f"compute capability {props.major}.{props.minor}")
+    print(f"threads    {torch.get_num_threads()} CPU threads for torch")
+    try:
+        reason = _describe_device(_execution(args.device))
+    except (RuntimeError, ValueError) as exc:
+        print(f"device     --device {args.device} would fail: {exc}")
+        return 1
+    print(f"device     --device {args.device} -> {reason}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import ModelConfig, TrainingConfig
+    from .data.io import load_scan
+
+    data = Path(args.data)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    scan = load_scan(data)
+    model = ModelConfig(N=scan.N, gridsize=args.gridsize, n_filters_scale=args.n_filters_scale,
+                        model_type=args.mode)
+    training = TrainingConfig(model=model, train_data_file=data, nepochs=args.epochs,
+                              batch_size=args.batch_size, n_groups=args.n_groups, output_dir=out)
+    execution = _execution(args.device, seed=args.seed, precision=args.precision)
+    scan.validate(N=model.N, gridsize=model.gridsize, neighbor_count=training.neighbor_count)
+    reason = _describe_device(execution)
+
+    from .checkpoint import save_model
+    from .workflows.engine import train_model
+
+    print(f"training {args.mode} on {scan.num_positions} patterns of {scan.N}x{scan.N} from "
+          f"{data}: gridsize {args.gridsize}, {args.epochs} epochs, batch {args.batch_size}; "
+          f"{reason}", flush=True)
+    printer = _EpochPrinter()
+    bundle = train_model(scan, training, execution, on_epoch=printer)
+    seconds = time.perf_counter() - printer.start
+    model_path = save_model(bundle, out / MODEL_FILE_NAME)
+    history_path = out / HISTORY_FILE_NAME
+    _write_json(history_path, _history_document(bundle, printer, seconds))
+    print(f"wrote {model_path} and {history_path} ({seconds:.1f} s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- reconstruct
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .checkpoint import load_model
+    from .config import InferenceConfig
+    from .data.io import load_scan
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise ValueError(f"--out must name an .npz file, got {out}")
+    model_path = Path(args.model)
+    if model_path.is_dir():
+        model_path = model_path / MODEL_FILE_NAME
+    bundle = load_model(model_path)
+    scan = load_scan(args.data)
+    model = bundle.model_config
+    if scan.N != model.N:
+        raise ValueError(
+            f"{model_path} was trained on {model.N}x{model.N} patterns but {args.data} has "
+            f"{scan.N}x{scan.N} patterns; use a model trained for N={scan.N}"
+        )
+    inference = InferenceConfig(model=model, model_path=model_path, test_data_file=Path(args.data),
+                                neighbor_count=bundle.training_config.neighbor_count)
+    try:
+        scan.validate(N=model.N, gridsize=model.gridsize, neighbor_count=inference.neighbor_count)
+    except ValueError as exc:
+        raise ValueError(f"{args.data} does not suit {model_path} (gridsize "
+                         f"{model.gridsize}): {exc}") from None
+    execution = _execution(args.device, inference_batch_size=args.batch_size)
+    reason = _describe_device(execution)
+
+    from .workflows.engine import reconstruct_object
+
+    print(f"reconstructing {scan.num_positions} patterns with {model_path}; {reason}", flush=True)
+    result = reconstruct_object(bundle, scan, inference, execution)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(
+            handle,
+            object=np.asarray(result.object, dtype=np.complex64),
+            object_x_px=np.asarray(result.object_x_px, dtype=np.float64),
+            object_y_px=np.asarray(result.object_y_px, dtype=np.float64),
+            coverage=np.asarray(result.coverage, dtype=np.float32),
+        )
+    os.replace(tmp, out)
+    height, width = result.object.shape
+    print(f"wrote {out}: object {height}x{width} complex64 ({result.seconds:.1f} s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def _display_standardized(obj: Any, truth: Any, coverage: Any) -> Any:
+    """The reconstruction with its global complex scale fitted to the truth (display only).
+
+    The scale is fitted where the scan overlaps well (coverage at least half its maximum), and
+    pixels the scan barely touched are blanked, so the faint rim cannot skew the colours.
+    """
+    import numpy as np
+
+    peak = float(np.max(coverage)) if np.size(coverage) else 0.0
+    fit = coverage >= 0.5 * peak
+    shown_mask = coverage >= 0.1 * peak
+    denominator = np.sum(np.abs(truth[fit]) ** 2)
+    scale = np.sum(obj[fit] * np.conj(truth[fit])) / denominator if denominator else 1.0
+    shown = obj / scale if abs(scale) > 0 else obj
+    return np.where(shown_mask, shown, np.nan)
+
+
+def _plot_demo(path: Path, truth: Any, reconstruction: Any, bundle: Any, metrics: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    shown = _display_standardized(reconstruction.object, truth, reconstruction.coverage)
+    truth_shown = np.where(np.isfinite(shown), truth, np.nan)  # the same (scanned) area
+    amp_range = (float(np.min(np.abs(truth))), float(np.max(np.abs(truth))))
+    phase_range = (float(np.min(np.angle(truth))), float(np.max(np.angle(truth))))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 8), constrained_layout=True)
+    panels = [
+        (axes[0, 0], np.abs(truth_shown), "true amplitude", amp_range, "gray"),
+        (axes[0, 1], np.abs(shown), "reconstructed amplitude", amp_range, "gray"),
+        (axes[1, 0], np.angle(truth_shown), "true phase (rad)", phase_range, "twilight"),
+        (axes[1, 1], np.angle(shown), "reconstructed phase (rad)", phase_range, "twilight"),
+    ]
+    for ax, image, title, (lo, hi), cmap in panels:
+        handle = ax.imshow(image, vmin=lo, vmax=hi, cmap=cmap)
+        ax.set_title(title)
+        ax.set_axis_off()
+        fig.colorbar(handle, ax=ax, shrink=0.8)
+
+    ax = axes[0, 2]
+    train = bundle.history.get("train_loss", [])
+    val = bundle.history.get("val_loss", [])
+    if train:
+        ax.plot(range(1, len(train) + 1), train, "o-", label="train")
+    if val:
+        ax.plot(range(1, len(val) + 1), val, "s--", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss")
+    ax.legend()
+
+    ax = axes[1, 2]
+    ax.set_axis_off()
+    lines = [
+        f"amplitude SSIM  {metrics['amplitude_ssim']:.3f}  (flat object {metrics['flat_amplitude_ssim']:.3f})",
+        f"phase SSIM      {metrics['phase_ssim']:.3f}  (flat object {metrics['flat_phase_ssim']:.3f})",
+        f"amplitude PSNR  {metrics['amplitude_psnr']:.2f} dB",
+        f"phase PSNR      {metrics['phase_psnr']:.2f} dB",
+        f"FRC half-bit    {metrics['frc_half_bit_px']:.1f} px",
+        f"FRC 1/7         {metrics['frc_1_7_px']:.1f} px",
+        "",
+        "scored: scanned area only, after removing",
+        "scale, phase offset/ramp and sub-pixel shift;",
+        "shown: global scale and phase offset removed",
+    ]
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _verdict(metrics: dict) -> str:
+    margin = metrics["amplitude_ssim"] - metrics["flat_amplitude_ssim"]
+    if margin < 0.05:
+        return ("amplitude NOT reconstructed: its SSIM is at the flat-object level; train longer "
+                "(more --epochs) or on a GPU")
+    return f"amplitude SSIM is {margin:.2f} above the flat-object level"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .config import ModelConfig, TrainingConfig
+    from .evaluation import evaluate_object, format_metrics
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    execution = _execution(args.device, seed=args.seed)
+    reason = _describe_device(execution)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    from .data.io import scan_from_reconstruct_input
+    from .simulate import simulate_scan
+
+    print(f"simulating {args.positions} positions (N=64, {DEMO_PHOTONS:.0e} photons per "
+          f"pattern, seed {args.seed})", flush=True)
+    simulated = simulate_scan(num_positions=args.positions, N=64, seed=args.seed,
+                              photons_per_pattern=DEMO_PHOTONS)
+    scan = scan_from_reconstruct_input(simulated.reconstruct_input)
+    timings["simulate"] = time.perf_counter() - start
+
+    model = ModelConfig(N=64, gridsize=args.gridsize)
+    training = TrainingConfig(model=model, nepochs=args.epochs, n_groups=None, output_dir=out,
+                              subsample_seed=args.seed)
+    scan.validate(N=64, gridsize=args.gridsize, neighbor_count=training.neighbor_count)
+
+    from .checkpoint import save_model
+    from .workflows.engine import reconstruct_object, train_model
+
+    print(f"training for {args.epochs} epochs (gridsize {args.gridsize}); {reason}", flush=True)
+    printer = _EpochPrinter()
+    bundle = train_model(scan, training, execution, on_epoch=printer)
+    timings["train"] = time.perf_counter() - printer.start
+
+    tic = time.perf_counter()
+    reconstruction = reconstruct_object(bundle, scan, None, execution)
+    timings["reconstruct"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    metrics = evaluate_object(reconstruction.object, simulated.product,
+                              positions_px=scan.positions_px)
+    timings["evaluate"] = time.perf_counter() - tic
+
+    out.mkdir(parents=True, exist_ok=True)
+    truth = simulated.product.object_.get_layers_flattened()
+    _plot_demo(out / "demo.png", truth, reconstruction, bundle, metrics)
+    save_model(bundle, out / MODEL_FILE_NAME)
+    _write_json(out / HISTORY_FILE_NAME, _history_document(bundle, printer, timings["train"]))
+    timings["total"] = time.perf_counter() - start
+    verdict = _verdict(metrics)
+    _write_json(out / "metrics.json", {
+        "metrics": metrics,
+        "verdict": verdict,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "settings": {
+            "positions": args.positions, "epochs": args.epochs, "gridsize": args.gridsize,
+            "seed": args.seed, "N": 64, "photons_per_pattern": DEMO_PHOTONS,
+            "n_filters_scale": model.n_filters_scale, "batch_size": training.batch_size,
+            "device": reason,
+        },
+        "history": {"train_loss": bundle.history.get("train_loss", []),
+                    "val_loss": bundle.history.get("val_loss", [])},
+        "package_version": __version__,
+    })
+    print()
+    print(format_metrics(metrics, describe=True))
+    print(verdict)
+    print(f"wrote {out / 'demo.png'}, {out / 'metrics.json'}, {out / MODEL_FILE_NAME} "
+          f"({timings['total']:.0f} s in all)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="PtychoPINN (PyTorch) for Ptychodus: train, reconstruct, demo, check.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show progress logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def device_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="compute device; auto uses CUDA when available (default: auto)")
+
+    check = sub.add_parser("check", help="print versions, CUDA devices and the device to be used")
+    device_option(check)
+    check.set_defaults(func=_cmd_check)
+
+    train = sub.add_parser("train", help="train a model on a scan; writes DIR/model.ckpt")
+    train.add_argument("data", metavar="DATA",
+                       help="training-data NPZ, or a directory with train_data.npz or "
+                            "diffraction.h5 + product.h5")
+    train.add_argument("--out", required=True, metavar="DIR",
+                       help="output directory for model.ckpt and history.json")
+    train.add_argument("--epochs", type=_positive_int, default=50, help="default: 50")
+    train.add_argument("--gridsize", type=_positive_int, default=1,
+                       help="patterns per group = gridsize**2 (default: 1)")
+    train.add_argument("--batch-size", type=_positive_int, default=16, help="default: 16")
+    train.add_argument("--n-groups", type=_positive_int, default=None, metavar="K",
+                       help="number of training groups (default: one per scan position)")
+    device_option(train)
+    train.add_argument("--seed", type=_non_negative_int, default=42, help="default: 42")
+    train.add_argument("--mode", choices=("pinn", "supervised"), default="pinn",
+                       help="pinn: unsupervised physics loss; supervised: needs the true "
+                            "object in DATA (default: pinn)")
+    train.add_argument("--n-filters-scale", type=_positive_int, default=2, metavar="F",
+                       help="network width multiplier (default: 2)")
+    train.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
+                       help="default: 32-true")
+    train.set_defaults(func=_cmd_train)
+
+    rec = sub.add_parser("reconstruct", help="reconstruct the object of a scan with a model")
+    rec.add_argument("data", metavar="DATA", help="scan data (as for train)")
+    rec.add_argument("--model", required=True, metavar="MODEL",
+                     help="model.ckpt, or the directory holding it")
+    rec.add_argument("--out", required=True, metavar="OUT.npz",
+                     help="output NPZ: object, object_x_px, object_y_px, coverage")
+    device_option(rec)
+    rec.add_argument("--batch-size", type=_positive_int, default=None,
+                     help="inference batch size (default: automatic)")
+    rec.set_defaults(func=_cmd_reconstruct)
+
+    demo = sub.add_parser("demo", help="simulate a scan, train, reconstruct, score and plot")
+    demo.add_argument("--out", default="ptychopinn-demo", metavar="DIR",
+                      help="output directory (default: ./ptychopinn-demo)")
+    demo.add_argument("--epochs", type=_positive_int, default=DEMO_EPOCHS,
+                      help=f"default: {DEMO_EPOCHS}")
+    demo.add_argument("--positions", type=_positive_int, default=DEMO_POSITIONS,
+                      help=f"number of scan positions (default: {DEMO_POSITIONS})")
+    demo.add_argument("--gridsize", type=_positive_int, default=1, help="default: 1")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="default: 0")
+    device_option(demo)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split("\n")[0].split()) if isinstance(exc, RuntimeError) else text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad input, 130 if interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error (argparse already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        with _console_logging(args.verbose):
+            return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if args.verbose:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)} (run with --verbose for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

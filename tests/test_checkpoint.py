@@ -1,0 +1,126 @@
+"""The single .ckpt model file: round trip, safe loading, atomic writes, clear errors."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from ptychodus_ptychopinn_torch import checkpoint
+from ptychodus_ptychopinn_torch.checkpoint import ModelBundle, build_model, load_model, save_model
+from ptychodus_ptychopinn_torch.config import ModelConfig, TrainingConfig
+from ptychodus_ptychopinn_torch.model.pinn import PhysicsConstants
+
+
+def make_bundle(gridsize=1, seed=0):
+    torch.manual_seed(seed)
+    training = TrainingConfig(model=ModelConfig(N=64, gridsize=gridsize, n_filters_scale=1), nphotons=1e5)
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    probe = (np.hypot(xx, yy) < 12).astype(np.complex64) * np.exp(1j * 0.01 * xx**2).astype(np.complex64)
+    constants = PhysicsConstants(N=64, kappa=0.1, nphotons=1e5, intensity_scale=9.88, probe_factor=0.7,
+                                 amp_max=1.6, canvas_size=72)
+    network = build_model(training, constants, probe)
+    return ModelBundle(network, training, constants, probe, {"train_loss": [3.0, 2.0], "val_loss": [3.5, 2.5]},
+                       {"torch_version": torch.__version__, "note": np.float32(1.5), "nested": {"a": (1, 2)}})
+
+
+def test_round_trip_restores_weights_configs_and_outputs(tmp_path):
+    bundle = make_bundle(gridsize=2)
+    path = save_model(bundle, tmp_path / "model.ckpt")
+    loaded = load_model(path)
+    assert loaded.training_config == bundle.training_config
+    assert loaded.constants == bundle.constants
+    assert np.array_equal(loaded.probe, bundle.probe)
+    assert loaded.history == bundle.history
+    assert loaded.provenance["torch_version"] == str(torch.__version__)
+    x = torch.rand(2, 4, 64, 64)
+    bundle.network.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.network.predict_object(x), bundle.network.predict_object(x))
+
+
+def test_file_loads_with_weights_only_and_holds_the_format(tmp_path):
+    path = save_model(make_bundle(), tmp_path / "m.ckpt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == checkpoint.FORMAT and payload["format_version"] == checkpoint.FORMAT_VERSION
+    assert set(payload) >= {"training_config", "constants", "probe", "state_dict", "history", "provenance",
+                            "package_version"}
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_model(tmp_path / "nope.ckpt")
+
+
+def test_corrupt_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"bad.ckpt is not a readable PtychoPINN \(PyTorch\) model file"):
+        load_model(path)
+
+
+def test_truncated_file_is_rejected(tmp_path):
+    path = save_model(make_bundle(), tmp_path / "m.ckpt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable"):
+        load_model(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as handle:
+        pickle.dump({"format": checkpoint.FORMAT, "x": _Evil()}, handle)
+    with pytest.raises(ValueError, match="not a readable"):
+        load_model(path)
+
+
+def test_foreign_checkpoint_is_rejected(tmp_path):
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6"}, path)
+    with pytest.raises(ValueError, match="is not a PtychoPINN \\(PyTorch\\) model file"):
+        load_model(path)
+
+
+def test_newer_format_version_asks_for_an_upgrade(tmp_path):
+    path = save_model(make_bundle(), tmp_path / "m.ckpt")
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = checkpoint.FORMAT_VERSION + 1
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="upgrade"):
+        load_model(path)
+
+
+def test_mismatched_weights_are_an_incompatible_file(tmp_path):
+    path = save_model(make_bundle(), tmp_path / "m.ckpt")
+    payload = torch.load(path, weights_only=True)
+    payload["training_config"]["model"]["n_filters_scale"] = 2
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="incompatible or damaged"):
+        load_model(path)
+
+
+def test_failed_write_keeps_the_previous_model(tmp_path, monkeypatch):
+    path = save_model(make_bundle(seed=0), tmp_path / "model.ckpt")
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(make_bundle(seed=1), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"]  # no temporary left behind
+
+
+def test_read_model_configs_without_building_the_network(tmp_path):
+    path = save_model(make_bundle(gridsize=2), tmp_path / "m.ckpt")
+    training, constants = checkpoint.read_model_configs(path)
+    assert training.model.gridsize == 2 and constants["N"] == 64
