@@ -9,8 +9,8 @@ Conventions (each pinned by an exact test in ``tests/test_physics.py``):
   ``sum |Psi|^2 == sum |psi|^2`` and the zero frequency sits at pixel ``N // 2``.
 - The probe is normalised exactly once: ``P / (probe_scale * mean_{NxN} |disk * P|)`` with the
   disk of radius N/4 centred between the four central pixels.
-- Losses are in photon counts: the Poisson NLL compares ``lambda = (s * A_pred)^2`` with
-  ``k = (s * A_obs)^2``; the MAE compares the amplitudes ``s * A``.
+- Losses are in photon counts: the Poisson NLL (nats per pixel) compares
+  ``lambda = (s * A_pred)^2`` with ``k = (s * A_obs)^2``; the MAE compares the amplitudes ``s * A``.
 - FFTs and losses always run in float32 / complex64, also under bf16 autocast.
 """
 
@@ -228,16 +228,18 @@ def poisson_nll(
     mask: torch.Tensor | None = None,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Mean Poisson negative log-likelihood in photon counts, without the ``log k!`` constant.
+    """Mean Poisson negative log-likelihood per pixel, in nats, of counts ``k`` given ``lambda``.
 
     ``lambda = (scale * pred)^2`` and ``k = (scale * obs)^2`` are the predicted and measured
-    counts; the per-pixel value ``lambda - k log(lambda)`` is PtychoPINN's ``negloglik``.
-    ``mask`` (broadcastable, 1 = use) excludes bad detector pixels.
+    counts; the per-pixel value is ``lambda - k log(lambda) + log k!`` (``log k!`` via
+    ``lgamma(k + 1)``). The gradient is PtychoPINN's ``negloglik`` (``lambda - k log lambda``);
+    the constant makes the value a true, non-negative NLL, so loss curves can be plotted on a
+    log scale. ``mask`` (broadcastable, 1 = use) excludes bad detector pixels.
     """
     with torch.autocast(device_type=pred_amplitude.device.type, enabled=False):
         lam = (scale * pred_amplitude.float()) ** 2
         k = (scale * obs_amplitude.float()) ** 2
-        return _masked_mean(lam - k * torch.log(lam + eps), mask)
+        return _masked_mean(lam - k * torch.log(lam + eps) + torch.lgamma(k + 1.0), mask)
 
 
 def amplitude_mae(

@@ -136,10 +136,18 @@ def test_diffract_stays_fp32_under_bf16_autocast():
 def test_poisson_nll_units_are_counts():
     pred = torch.tensor([2.0, 3.0])  # count amplitudes -> lambda = 4, 9
     obs = torch.tensor([1.0, 3.0])  # k = 1, 9
-    expected = ((4 - 1 * math.log(4)) + (9 - 9 * math.log(9))) / 2
+    expected = ((4 - 1 * math.log(4) + math.lgamma(2)) + (9 - 9 * math.log(9) + math.lgamma(10))) / 2
     assert math.isclose(float(physics.poisson_nll(pred, obs, eps=0.0)), expected, rel_tol=1e-6)
     # a scale s maps normalised amplitudes to counts: s*pred, s*obs
     assert math.isclose(float(physics.poisson_nll(pred / 2, obs / 2, 2.0, eps=0.0)), expected, rel_tol=1e-6)
+
+
+def test_poisson_nll_is_a_true_nll_of_integer_counts():
+    lam = torch.tensor([0.5, 3.0, 40.0])
+    k = torch.tensor([0.0, 2.0, 37.0])
+    expected = -torch.distributions.Poisson(lam).log_prob(k).mean()
+    assert torch.allclose(physics.poisson_nll(lam.sqrt(), k.sqrt(), eps=0.0), expected, rtol=1e-5)
+    assert float(physics.poisson_nll(k.sqrt() + 0.01, k.sqrt())) >= 0.0
 
 
 def test_poisson_nll_is_minimal_where_prediction_matches_counts():
@@ -154,7 +162,7 @@ def test_poisson_nll_and_mae_respect_bad_pixel_mask():
     obs = torch.tensor([[1.0, 0.0]])
     mask = torch.tensor([[1.0, 0.0]])
     assert math.isclose(float(physics.amplitude_mae(pred, obs, mask=mask)), 0.0)
-    assert math.isclose(float(physics.poisson_nll(pred, obs, mask=mask, eps=0.0)), 1.0)
+    assert math.isclose(float(physics.poisson_nll(pred, obs, mask=mask, eps=0.0)), 1.0)  # 1 - 0 + log 1!
     assert math.isclose(float(physics.amplitude_mae(pred, obs, 3.0)), 150.0)
 
 

@@ -172,6 +172,8 @@ def train_model(
     detector_mask = None
     if scan.bad_pixels is not None and scan.bad_pixels.any():
         detector_mask = torch.as_tensor(~scan.bad_pixels)
+    if execution.compile:
+        network.generator.compile()  # keeps state_dict keys; pays off on long runs
     module = PtychoPINNModule(network, training, detector_mask)
     logger.info(
         "training %s: N=%d gridsize=%d, %d training and %d validation groups, %d epochs, batch %d; "
@@ -253,6 +255,8 @@ def reconstruct_object(
     batch_size = execution.inference_batch_size or max(64, bundle.training_config.batch_size)
     loader = _loader(dataset, batch_size, shuffle=False, execution=execution, device=device, seed=0)
     network = bundle.network.to(device).eval()
+    if execution.compile:
+        network.generator.compile()
     intensity = torch.abs(torch.as_tensor(scan.probe, dtype=torch.complex64)) ** 2
     stitcher = PatchStitcher(scan.object_shape, intensity / intensity.max().clamp_min(1e-30), device=device)
     autocast = execution.precision == "bf16-mixed"

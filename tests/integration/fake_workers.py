@@ -1,0 +1,102 @@
+"""Fake worker entry points for the runner and lifecycle tests (loaded by file path).
+
+They follow `ptychodus_ptychopinn_torch.integration.child.run_job`'s signature
+``(job, emit, should_stop)`` and import nothing heavy, so a spawned child starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import time
+import zipfile
+from pathlib import Path
+
+import numpy
+
+from ptychodus_ptychopinn_torch import params
+from ptychodus_ptychopinn_torch.config import (
+    ModelConfig,
+    TrainingConfig,
+    config_from_dict,
+    config_to_dict,
+)
+
+
+def epochs(job, emit, should_stop):
+    """Three epochs, a log line, then a result."""
+    logging.getLogger("ptychodus_ptychopinn_torch.fake").info("fake worker pid %d", os.getpid())
+    logging.getLogger("some.other.library").warning("foreign logger line")
+    for epoch in (1, 2, 3):
+        emit("epoch", {"epoch": epoch, "num_epochs": 3, "train_loss": 1.0 / epoch,
+                       "val_loss": None, "batches_done": epoch, "batches_total": 3})
+    emit("result", {"value": 42})
+
+
+def raise_value_error(job, emit, should_stop):
+    raise ValueError("bad input: the probe is 32x32 but the patterns are 64x64")
+
+
+def raise_custom(job, emit, should_stop):
+    class WeirdError(Exception):
+        pass
+
+    raise WeirdError("something odd")
+
+
+def die_after_epoch(job, emit, should_stop):
+    """A child killed by the OOM killer: no sentinel, no error event."""
+    emit("epoch", {"epoch": 1, "num_epochs": 9, "train_loss": 1.0, "val_loss": None,
+                   "batches_done": 1, "batches_total": 9})
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def batches_until_stopped(job, emit, should_stop):
+    """Many short 'batches'; checks should_stop before each one, like the engine."""
+    for batch in range(10_000):
+        if should_stop():
+            emit("stopped")
+            return
+        time.sleep(0.05)
+        emit("progress", batch + 1, 10_000)
+
+
+def ignore_stop(job, emit, should_stop):
+    """A worker stuck in native code: it never looks at should_stop."""
+    emit("progress", 1, 2)
+    time.sleep(600)
+
+
+def write_fake_model(path: Path, training: TrainingConfig | None = None, **payload) -> Path:
+    """A model file the parent-side reader accepts (zip + data.pkl); it holds no weights."""
+    training = training or TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1), nepochs=1)
+    data = {"format": "ptychodus-ptychopinn-torch/model", "format_version": 1,
+            "training_config": config_to_dict(training),
+            "history": {"train_loss": [0.5], "val_loss": [0.6]}, "provenance": {}}
+    data.update(payload)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps(data))
+    return path
+
+
+def record_legacy_calls(job, emit, should_stop):
+    """How many legacy-dict updates the parent made before the worker started (in-process)."""
+    spy = params.update_legacy_dict
+    if hasattr(spy, "calls"):  # the lifecycle tests' spy
+        spy.worker_saw = len(spy.calls)
+    if type(job).__name__ == "TrainJob":
+        emit("epoch", {"epoch": 1, "num_epochs": 1, "train_loss": 0.5, "val_loss": 0.6,
+                       "batches_done": 1, "batches_total": 1})
+        training = config_from_dict(TrainingConfig, job.configs["training"])
+        write_fake_model(Path(job.model_path), training)
+        emit("result", {"model_path": str(job.model_path)})
+    else:
+        shape = job.scan.object_shape
+        emit("epoch", {"epoch": 1, "num_epochs": 1, "train_loss": 0.5, "val_loss": None,
+                       "batches_done": 1, "batches_total": 1})
+        emit("result", {"object": numpy.full(shape, 0.5 + 0.5j, dtype=numpy.complex64),
+                        "history": {"train_loss": [0.5]}})

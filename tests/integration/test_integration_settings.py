@@ -1,0 +1,112 @@
+"""Settings groups, their mapping onto the config dataclasses, INI files and docs/settings.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ptychodus.api.settings import SettingsRegistry
+
+from ptychodus_ptychopinn_torch.integration.settings import (
+    GROUP_PREFIX,
+    SETTINGS,
+    PluginSettings,
+    SettingsError,
+    build_configs,
+)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+BUILT_IN_GROUPS = ("PtychoPINNTorch", "PtychoPINNModel", "PtychoPINNTraining",
+                   "PtychoPINNInference")
+
+
+@pytest.fixture()
+def settings():
+    return PluginSettings(SettingsRegistry())
+
+
+def test_groups_have_a_unique_prefix():
+    registry = SettingsRegistry()
+    PluginSettings(registry)
+    names = list(registry)
+    assert sorted(names) == sorted(GROUP_PREFIX + g for g in
+                                   ("Model", "Training", "Inference", "Execution"))
+    assert not any(n.startswith(BUILT_IN_GROUPS) and not n.startswith(GROUP_PREFIX)
+                   for n in names)
+
+
+def test_defaults_build_valid_configs_with_n_from_the_data(settings):
+    configs = build_configs(settings, model_type="pinn", N=128)
+    assert configs.model.N == 128 and configs.training.model is configs.model
+    assert configs.training.nphotons is None  # 0 = from data
+    assert configs.training.n_groups is None and configs.inference.n_groups is None
+    assert configs.execution.inference_batch_size is None
+    assert configs.execution.accelerator == "auto" and configs.execution.gpu_indices == ()
+
+
+def test_every_setting_reaches_its_config_field(settings):
+    changed = {
+        ("Model", "gridsize"): 2, ("Model", "n_filters_scale"): 1,
+        ("Model", "probe_big"): False, ("Model", "object_big"): False,
+        ("Training", "nepochs"): 3, ("Training", "batch_size"): 4,
+        ("Training", "learning_rate"): 5e-4, ("Training", "nphotons"): 1e6,
+        ("Training", "n_groups"): 10, ("Inference", "batch_size"): 32,
+        ("Execution", "device"): "cpu", ("Execution", "gpu_indices"): "0, 1",
+        ("Execution", "precision"): "bf16-mixed", ("Execution", "seed"): 7,
+    }
+    for (group, key), value in changed.items():
+        settings.parameter(group, key).set_value(value)
+    c = build_configs(settings, model_type="supervised", N=64)
+    assert (c.model.gridsize, c.model.n_filters_scale, c.model.probe_big, c.model.object_big) \
+        == (2, 1, False, False)
+    assert c.model.model_type == "supervised"
+    assert (c.training.nepochs, c.training.batch_size, c.training.learning_rate) == (3, 4, 5e-4)
+    assert (c.training.nphotons, c.training.n_groups) == (1e6, 10)
+    assert c.execution.inference_batch_size == 32
+    assert (c.execution.accelerator, c.execution.gpu_indices, c.execution.precision,
+            c.execution.seed) == ("cpu", (0, 1), "bf16-mixed", 7)
+    for spec in SETTINGS:  # each declared target is a real config field
+        kind, _, field_name = spec.target.partition(".")
+        if kind != "plugin":
+            assert hasattr(getattr(c, kind), field_name), spec
+
+
+@pytest.mark.parametrize(("group", "key", "value", "section"), [
+    ("Training", "batch_size", 0, "[PtychoPINNPyTorchTraining] batch_size"),
+    ("Training", "nepochs", -1, "[PtychoPINNPyTorchTraining] nepochs"),
+    ("Model", "gridsize", 9, "[PtychoPINNPyTorchModel] gridsize"),
+    ("Execution", "device", "tpu", "[PtychoPINNPyTorchExecution] device"),
+    ("Execution", "precision", "8-bit", "[PtychoPINNPyTorchExecution] precision"),
+    ("Execution", "gpu_indices", "first", "[PtychoPINNPyTorchExecution] gpu_indices"),
+])
+def test_out_of_range_values_name_the_settings_key(settings, group, key, value, section):
+    settings.parameter(group, key).set_value(value)
+    with pytest.raises(SettingsError) as info:
+        build_configs(settings, model_type="pinn", N=64)
+    assert section in str(info.value)
+
+
+def test_unsupported_pattern_size_is_explained(settings):
+    with pytest.raises(SettingsError, match="64, 128 or 256"):
+        build_configs(settings, model_type="pinn", N=100)
+
+
+def test_ini_file_sets_values(tmp_path):
+    registry = SettingsRegistry()
+    settings = PluginSettings(registry)
+    ini = tmp_path / "settings.ini"
+    ini.write_text("[PtychoPINNPyTorchTraining]\nnepochs = 7\nnphotons = 0\n"
+                   "[PtychoPINNPyTorchExecution]\ndevice = cuda\ngpu_indices = 1\n"
+                   "run_in_subprocess = False\n")
+    registry.open_settings(ini)
+    c = build_configs(settings, model_type="pinn", N=64)
+    assert c.training.nepochs == 7 and c.training.nphotons is None
+    assert c.execution.accelerator == "cuda" and c.execution.gpu_indices == (1,)
+    assert settings.run_in_subprocess is False
+
+
+def test_docs_list_every_setting():
+    text = DOCS.read_text()
+    for spec in SETTINGS:
+        assert f"`{spec.key}`" in text and spec.section in text, spec
+        assert spec.target in text, spec
