@@ -50,6 +50,13 @@ class PatchStitcher:
         self.numerator.index_add_(0, flat, weighted[inside])
         self.denominator.index_add_(0, flat, weights[inside])
 
+    def merge(self, other: "PatchStitcher") -> None:
+        """Add another stitcher's sums (e.g. a shard stitched on another GPU) into this one."""
+        if other.shape != self.shape:
+            raise ValueError(f"cannot merge canvases of shapes {other.shape} and {self.shape}")
+        self.numerator += other.numerator.to(self.device)
+        self.denominator += other.denominator.to(self.device)
+
     def result(self, *, threshold: float = 1e-3) -> torch.Tensor:
         """The stitched ``(H, W)`` complex64 object; zero where the weights are below
         ``threshold`` times their maximum (pixels no probe meaningfully illuminated)."""

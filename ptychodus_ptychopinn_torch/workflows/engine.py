@@ -7,10 +7,12 @@ PtychoPINN-compatible `components` all go through it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +38,7 @@ __all__ = [
     "derive_constants",
     "train_model",
     "reconstruct_object",
+    "inference_devices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,12 +100,18 @@ def derive_constants(scan: ScanData, training: TrainingConfig, groups: np.ndarra
     )
 
 
+def _whole_batch(batch):
+    """``collate_fn`` for `GroupedDataset.__getitems__`, which already returns a batch."""
+    return batch
+
+
 def _loader(dataset, batch_size: int, *, shuffle: bool, execution: ExecutionConfig, device, seed: int):
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        collate_fn=_whole_batch,
         num_workers=execution.num_workers,
         pin_memory=execution.pin_memory and device.type == "cuda",
         persistent_workers=execution.num_workers > 0,
@@ -223,6 +232,37 @@ def _check_compatible(bundle: ModelBundle, scan: ScanData, inference: InferenceC
         )
 
 
+def inference_devices(execution: ExecutionConfig) -> list[torch.device]:
+    """Devices inference shards positions over: every listed GPU, else the resolved device."""
+    device, _ = resolve_device(execution)
+    if device.type == "cuda" and len(execution.gpu_indices) > 1:
+        return [torch.device("cuda", i) for i in execution.gpu_indices]
+    if device.type == "cuda" and execution.devices > 1 and not execution.gpu_indices:
+        return [torch.device("cuda", i) for i in range(min(execution.devices, torch.cuda.device_count()))]
+    return [device]
+
+
+def _stitch_shard(network, dataset: GroupedDataset, indices: np.ndarray, shape, weight, device,
+                  batch_size: int, precision: str, n: int, progress: Callable[[], None],
+                  should_stop: Callable[[], bool] | None) -> PatchStitcher:
+    """Predict and stitch one shard of groups on one device."""
+    stitcher = PatchStitcher(shape, weight, device=device)
+    pin = device.type == "cuda"
+    autocast = precision == "bf16-mixed"
+    with torch.inference_mode():
+        for start in range(0, len(indices), batch_size):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled("reconstruction was stopped before it finished")
+            batch = dataset.get_batch(indices[start : start + batch_size])
+            x = batch["amplitudes"]
+            x = (x.pin_memory() if pin else x).to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                patches = network.predict_object(x)
+            stitcher.add(patches.reshape(-1, n, n), batch["positions"].reshape(-1, 2))
+            progress()
+    return stitcher
+
+
 def reconstruct_object(
     bundle: ModelBundle,
     scan: ScanData,
@@ -235,47 +275,57 @@ def reconstruct_object(
     """Predict every pattern's object patch and stitch them into the scan's object canvas.
 
     Every position is used (for gridsize > 1, each position seeds a group with its nearest
-    neighbours and every channel is stitched at its own position). Memory on the device is
-    the canvas plus one batch.
+    neighbours and every channel is stitched at its own position). Patterns stream through
+    the device in batches, so device memory is the canvas plus one batch. With several GPUs
+    (`inference_devices`) the positions are sharded across them and the canvases are summed.
     """
     execution = execution or ExecutionConfig()
     inference = inference or InferenceConfig(model=bundle.model_config)
     model_cfg = bundle.model_config
     _check_compatible(bundle, scan, inference)
     scan.validate(N=model_cfg.N, gridsize=model_cfg.gridsize, neighbor_count=inference.neighbor_count)
-    device, reason = resolve_device(execution)
-    logger.info("inference on %s", reason)
+    devices = inference_devices(execution)
+    logger.info("inference on %s", ", ".join(str(d) for d in devices))
     start = time.perf_counter()
     groups = group_positions(
         scan.positions_px, gridsize=model_cfg.gridsize, n_groups=inference.n_groups,
         neighbor_count=inference.neighbor_count, seed=inference.subsample_seed or 0, all_positions=True,
     )
-    kappa = normalisation_factor(scan.amplitudes)
-    dataset = GroupedDataset(scan, groups, kappa)
-    batch_size = execution.inference_batch_size or max(64, bundle.training_config.batch_size)
-    loader = _loader(dataset, batch_size, shuffle=False, execution=execution, device=device, seed=0)
-    network = bundle.network.to(device).eval()
-    if execution.compile:
-        network.generator.compile()
+    dataset = GroupedDataset(scan, groups, normalisation_factor(scan.amplitudes))
+    default_batch = 1024 if devices[0].type == "cuda" else 64
+    batch_size = execution.inference_batch_size or default_batch
     intensity = torch.abs(torch.as_tensor(scan.probe, dtype=torch.complex64)) ** 2
-    stitcher = PatchStitcher(scan.object_shape, intensity / intensity.max().clamp_min(1e-30), device=device)
-    autocast = execution.precision == "bf16-mixed"
-    total = len(loader)
-    with torch.inference_mode():
-        for i, batch in enumerate(loader):
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled("reconstruction was stopped before it finished")
-            x = batch["amplitudes"].to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                patches = network.predict_object(x)
-            stitcher.add(patches.reshape(-1, model_cfg.N, model_cfg.N), batch["positions"].reshape(-1, 2))
-            if on_batch is not None:
-                on_batch(i + 1, total)
-    obj = stitcher.result().cpu().numpy().astype(np.complex64)
+    weight = intensity / intensity.max().clamp_min(1e-30)
+    shards = np.array_split(np.arange(len(groups)), len(devices))
+    total = sum(math.ceil(len(s) / batch_size) for s in shards)
+    done = [0]
+
+    def progress() -> None:
+        done[0] += 1
+        if on_batch is not None:
+            on_batch(done[0], total)
+
+    def run(k: int) -> PatchStitcher:
+        network = bundle.network if k == 0 else copy.deepcopy(bundle.network)
+        network = network.to(devices[k]).eval()
+        if execution.compile:
+            network.generator.compile()
+        return _stitch_shard(network, dataset, shards[k], scan.object_shape, weight, devices[k],
+                             batch_size, execution.precision, model_cfg.N, progress, should_stop)
+
+    if len(devices) == 1:
+        stitchers = [run(0)]
+    else:
+        with ThreadPoolExecutor(max_workers=len(devices)) as pool:  # CUDA work releases the GIL
+            stitchers = list(pool.map(run, range(len(devices))))
+    merged = stitchers[0]
+    for other in stitchers[1:]:
+        merged.merge(other)
+    obj = merged.result().cpu().numpy().astype(np.complex64)
     return Reconstruction(
         object=obj,
         object_x_px=scan.positions_px[:, 0].astype(np.float64),
         object_y_px=scan.positions_px[:, 1].astype(np.float64),
-        coverage=stitcher.coverage().cpu().numpy(),
+        coverage=merged.coverage().cpu().numpy(),
         seconds=time.perf_counter() - start,
     )

@@ -1,0 +1,129 @@
+"""The engine facade: training contract, repeatability, stop, precision, sharded inference."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ptychodus_ptychopinn_torch import params
+from ptychodus_ptychopinn_torch.config import ExecutionConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
+from ptychodus_ptychopinn_torch.simulate import simulate_scan
+from ptychodus_ptychopinn_torch.workflows import engine
+from ptychodus_ptychopinn_torch.workflows.engine import TrainingCancelled, reconstruct_object, train_model
+
+CPU = ExecutionConfig(accelerator="cpu")
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return scan_from_reconstruct_input(simulate_scan(num_positions=40, N=64, seed=5).reconstruct_input)
+
+
+def tiny(gridsize=1, **kwargs):
+    defaults = dict(nepochs=2, batch_size=8, n_groups=64)
+    defaults.update(kwargs)
+    return TrainingConfig(model=ModelConfig(N=64, gridsize=gridsize, n_filters_scale=1), **defaults)
+
+
+def test_training_reports_every_epoch_and_keeps_history(scan):
+    reports = []
+    bundle = train_model(scan, tiny(), CPU, on_epoch=reports.append)
+    assert [r.epoch for r in reports] == [1, 2] and all(r.num_epochs == 2 for r in reports)
+    assert reports[-1].batches_done == reports[-1].batches_total > 0
+    assert len(bundle.history["train_loss"]) == 2 and len(bundle.history["val_loss"]) == 2
+    assert all(math.isfinite(v) and v > 0 for v in bundle.history["train_loss"])  # a true NLL
+    assert bundle.provenance["epochs_run"] == 2 and not bundle.network.training
+
+
+def test_photon_count_is_measured_and_written_to_the_legacy_view(scan):
+    bundle = train_model(scan, tiny(nepochs=1), CPU)
+    assert bundle.constants.nphotons == pytest.approx(scan.mean_counts)
+    assert params.cfg["nphotons"] == pytest.approx(scan.mean_counts)
+    assert params.cfg["intensity_scale"] == pytest.approx(math.sqrt(scan.mean_counts) / 32)
+
+
+def test_same_seed_same_model(scan):
+    a = train_model(scan, tiny(nepochs=1), CPU)
+    b = train_model(scan, tiny(nepochs=1), CPU)
+    assert a.history == b.history
+    for (name, pa), pb in zip(a.network.state_dict().items(), b.network.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_stop_cancels_before_the_next_batch(scan):
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(TrainingCancelled):
+        train_model(scan, tiny(), CPU, should_stop=should_stop)
+    assert len(calls) == 3  # polled before each batch; the third poll stopped it
+
+
+def test_bad_input_fails_before_training(scan):
+    polled = []
+    with pytest.raises(ValueError, match="64"):
+        train_model(scan, TrainingConfig(model=ModelConfig(N=128, n_filters_scale=1)), CPU,
+                    should_stop=lambda: polled.append(1) or False)
+    assert not polled
+
+
+def test_model_and_data_mismatch_is_rejected_at_inference(scan):
+    bundle = train_model(scan, tiny(nepochs=1), CPU)
+    with pytest.raises(ValueError, match="gridsize"):
+        reconstruct_object(bundle, scan, InferenceConfig(model=ModelConfig(N=64, gridsize=2)), CPU)
+
+
+def test_gridsize_two_trains_and_reconstructs_every_position(scan):
+    bundle = train_model(scan, tiny(gridsize=2, nepochs=1), CPU)
+    rec = reconstruct_object(bundle, scan, execution=CPU)
+    assert rec.object.shape == scan.object_shape and rec.object.dtype == np.complex64
+    assert np.array_equal(rec.object_x_px, scan.positions_px[:, 0])
+    assert np.isfinite(rec.object).all() and np.abs(rec.object).max() > 0
+
+
+def test_supervised_mode_lowers_its_loss(scan):
+    training = TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1, model_type="supervised"),
+                              nepochs=3, batch_size=8, validation_fraction=0.0)
+    bundle = train_model(scan, training, CPU)
+    losses = bundle.history["train_loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_bf16_autocast_on_cpu_trains_and_matches_fp32_inference(scan):
+    bundle = train_model(scan, tiny(nepochs=1), ExecutionConfig(accelerator="cpu", precision="bf16-mixed"))
+    assert all(math.isfinite(v) for v in bundle.history["train_loss"])
+    fp32 = reconstruct_object(bundle, scan, execution=CPU).object
+    bf16 = reconstruct_object(bundle, scan, execution=ExecutionConfig(accelerator="cpu", precision="bf16-mixed")).object
+    covered = np.abs(fp32) > 0
+    corr = np.corrcoef(np.abs(fp32[covered]), np.abs(bf16[covered]))[0, 1]
+    assert corr > 0.98
+    assert np.median(np.abs(bf16[covered] - fp32[covered])) < 0.05 * np.median(np.abs(fp32[covered]))
+
+
+def test_sharded_inference_equals_single_device(scan, monkeypatch):
+    bundle = train_model(scan, tiny(nepochs=1), CPU)
+    single = reconstruct_object(bundle, scan, execution=CPU)
+    monkeypatch.setattr(engine, "inference_devices", lambda execution: [torch.device("cpu")] * 3)
+    batches = []
+    sharded = reconstruct_object(bundle, scan, execution=ExecutionConfig(accelerator="cpu", inference_batch_size=8),
+                                 on_batch=lambda done, total: batches.append((done, total)))
+    assert np.allclose(sharded.object, single.object, atol=1e-5)
+    assert sorted(d for d, _ in batches) == list(range(1, len(batches) + 1)) and batches[-1][1] == len(batches)
+
+
+def test_inference_stop_is_honoured(scan):
+    bundle = train_model(scan, tiny(nepochs=1), CPU)
+    with pytest.raises(TrainingCancelled):
+        reconstruct_object(bundle, scan, execution=CPU, should_stop=lambda: True)
+
+
+def test_explicit_cuda_without_gpu_is_an_error(scan):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="CUDA was requested"):
+        train_model(scan, tiny(nepochs=1), ExecutionConfig(accelerator="cuda"))
