@@ -36,6 +36,7 @@ CLIP_ALGORITHMS = ("norm", "value")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 BACKENDS = ("pytorch", "tensorflow")
+STRATEGIES = ("auto", "ddp", "ddp_spawn")
 
 
 def _fail(cls: str, name: str, value: Any, allowed: str) -> None:
@@ -275,7 +276,7 @@ class ExecutionConfig:
         if self.inference_batch_size is not None:
             _check_positive(c, "inference_batch_size", self.inference_batch_size, integer=True)
         _check_bool(c, "enable_progress_bar", self.enable_progress_bar)
-        _check_choice(c, "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
+        _check_choice(c, "strategy", self.strategy, STRATEGIES)
         _check_positive(c, "num_nodes", self.num_nodes, integer=True)
         _check_bool(c, "compile", self.compile)
 

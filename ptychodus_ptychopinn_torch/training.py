@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +17,7 @@ from .config import ExecutionConfig, TrainingConfig
 from .model.pinn import PtychoPINN
 
 __all__ = [
+    "resolve_strategy",
     "EpochReport",
     "TrainingCancelled",
     "PtychoPINNModule",
@@ -166,6 +167,17 @@ class _Progress(Callback):
             self.on_epoch(report)
 
 
+def resolve_strategy(execution: ExecutionConfig, devices) -> str:
+    """Lightning strategy: ``auto`` becomes ``ddp`` under a launcher (torchrun, SLURM) and
+    ``ddp_spawn`` otherwise with several devices (e.g. in Ptychodus's worker process, where
+    Lightning's default launcher would re-run the parent's command line)."""
+    count = len(devices) if isinstance(devices, (list, tuple)) else int(devices)
+    if execution.strategy != "auto" or (count <= 1 and execution.num_nodes <= 1):
+        return execution.strategy
+    launched = "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    return "ddp" if launched else "ddp_spawn"
+
+
 def fit(
     module: PtychoPINNModule,
     train_loader,
@@ -193,7 +205,7 @@ def fit(
         accelerator=accelerator,
         devices=devices,
         num_nodes=execution.num_nodes,
-        strategy=execution.strategy,
+        strategy=resolve_strategy(execution, devices),
         precision=execution.precision,
         logger=False,
         enable_checkpointing=False,

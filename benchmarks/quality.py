@@ -1,0 +1,84 @@
+"""Measure reconstruction quality for the cases of tests/fixtures/quality_baseline.json.
+
+    python benchmarks/quality.py [--device cpu|cuda] [--update-baseline]
+
+Writes benchmarks/results/quality-<device>.json and the quality table of docs/performance.md;
+with --update-baseline also records the measured values in the baseline fixture (thresholds
+are edited by hand, a margin below the measured values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ptychodus_ptychopinn_torch import __version__
+from ptychodus_ptychopinn_torch.config import ExecutionConfig
+from ptychodus_ptychopinn_torch.evaluation import json_safe_metrics
+from ptychodus_ptychopinn_torch.quality import QualityCase, run_quality_case
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = ROOT / "tests" / "fixtures" / "quality_baseline.json"
+DOC = ROOT / "docs" / "performance.md"
+START, END = "<!-- quality:start -->", "<!-- quality:end -->"
+COLUMNS = ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "frc_1_7_px",
+           "flat_amplitude_ssim", "train_seconds", "inference_seconds")
+
+
+def _table(results: dict, device: str) -> str:
+    lines = [f"Device: {device}; {time.strftime('%Y-%m-%d')}; torch {torch.__version__}; "
+             f"ptychodus-ptychopinn-torch {__version__}; {platform.processor() or platform.machine()}",
+             "", "| case | settings | " + " | ".join(COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for name, entry in results.items():
+        s = entry["settings"]
+        desc = (f"gridsize {s['gridsize']}, {s['num_positions']} positions, N={s['N']}, "
+                f"{s['photons_per_pattern']:.0e} photons, nfs {s['n_filters_scale']}, "
+                f"{s['nepochs']} epochs, batch {s['batch_size']}")
+        cells = []
+        for c in COLUMNS:
+            v = entry["metrics"].get(c)
+            cells.append("n/a" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}")
+        lines.append(f"| {name} | {desc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--update-baseline", action="store_true")
+    parser.add_argument("--cases", nargs="*", help="subset of case names")
+    args = parser.parse_args()
+
+    baseline = json.loads(BASELINE.read_text())
+    execution = ExecutionConfig(accelerator=args.device)
+    results = {}
+    for name, entry in baseline["cases"].items():
+        if args.cases and name not in args.cases:
+            continue
+        metrics = json_safe_metrics(run_quality_case(QualityCase.from_dict(entry["settings"]), execution))
+        results[name] = {"settings": entry["settings"], "metrics": metrics}
+        print(name, json.dumps({k: metrics.get(k) for k in COLUMNS}), flush=True)
+        if args.update_baseline:
+            entry["measured"] = {k: metrics.get(k) for k in COLUMNS}
+    out = ROOT / "benchmarks" / "results" / f"quality-{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    if args.update_baseline:
+        BASELINE.write_text(json.dumps(baseline, indent=1) + "\n")
+    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{START}\n{END}\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        text = f"{head}{START}\n{_table(results, args.device)}\n{END}{tail}"
+        DOC.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
