@@ -170,9 +170,6 @@ class GroupedDataset(Dataset):
             batch["truth"] = self.truth[index]
         return batch
 
-    # DataLoader fetches a whole batch with one call when this exists (no per-item collation).
-    __getitems__ = get_batch
-
 
 def split_groups(
     groups: np.ndarray, validation_fraction: float, seed: int | None

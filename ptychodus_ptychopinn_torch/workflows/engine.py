@@ -100,22 +100,16 @@ def derive_constants(scan: ScanData, training: TrainingConfig, groups: np.ndarra
     )
 
 
-def _whole_batch(batch):
-    """``collate_fn`` for `GroupedDataset.__getitems__`, which already returns a batch."""
-    return batch
-
-
 def _loader(dataset, batch_size: int, *, shuffle: bool, execution: ExecutionConfig, device, seed: int):
-    generator = torch.Generator().manual_seed(seed)
+    # A plain DataLoader, so Lightning can swap in a DistributedSampler under DDP.
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
-        collate_fn=_whole_batch,
         num_workers=execution.num_workers,
         pin_memory=execution.pin_memory and device.type == "cuda",
         persistent_workers=execution.num_workers > 0,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -35,10 +35,11 @@ def test_normalisation_exact():
 
 
 def test_extract_patches_integer_and_subpixel_convention():
-    n, k = 16, 3
+    n, period = 16, 8
     h, w = 40, 48
     yy, xx = np.mgrid[0:h, 0:w]
-    obj = np.exp(2j * np.pi * k * (xx / n + 2 * yy / n))  # band-limited, periodic over N
+    # band-limited and periodic over N and over the N + 2 * N/4 window extract_patches shifts
+    obj = np.exp(2j * np.pi * (xx / period + 2 * yy / period))
     positions = np.array([[20.5, 18.5], [20.3, 18.8], [30.0, 25.25]])
     patches = extract_patches(obj, positions, n)
     assert patches.shape == (3, n, n) and patches.dtype == np.complex64
@@ -47,7 +48,7 @@ def test_extract_patches_integer_and_subpixel_convention():
     for p, (x, y) in zip(patches, positions):
         # patch pixel (N-1)/2 sits exactly at object coordinate (x, y)
         ox, oy = x - (n - 1) / 2 + ii, y - (n - 1) / 2 + jj
-        np.testing.assert_allclose(p, np.exp(2j * np.pi * k * (ox / n + 2 * oy / n)), atol=1e-5)
+        np.testing.assert_allclose(p, np.exp(2j * np.pi * (ox / period + 2 * oy / period)), atol=1e-5)
 
 
 def test_extract_patches_outside_canvas_reads_zero():
