@@ -59,6 +59,14 @@ def _check_range(cls: str, name: str, value: Any, lo: float, hi: float) -> None:
         _fail(cls, name, value, f"a number in [{lo}, {hi}]")
 
 
+def _coerce_paths(config: Any, names: tuple[str, ...]) -> None:
+    """Accept strings for path fields of a frozen config (stored as ``Path``)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, str):
+            object.__setattr__(config, name, Path(value))
+
+
 def _check_bool(cls: str, name: str, value: Any) -> None:
     if not isinstance(value, bool):
         _fail(cls, name, value, "True or False")
@@ -150,10 +158,7 @@ class TrainingConfig:
         c = "TrainingConfig"
         if not isinstance(self.model, ModelConfig):
             _fail(c, "model", self.model, "a ModelConfig")
-        for name in ("train_data_file", "test_data_file", "output_dir"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                object.__setattr__(self, name, Path(value))
+        _coerce_paths(self, ("train_data_file", "test_data_file", "output_dir"))
         _check_positive(c, "batch_size", self.batch_size, integer=True)
         _check_positive(c, "nepochs", self.nepochs, integer=True)
         for name in ("mae_weight", "nll_weight"):
@@ -219,10 +224,7 @@ class InferenceConfig:
         c = "InferenceConfig"
         if not isinstance(self.model, ModelConfig):
             _fail(c, "model", self.model, "a ModelConfig")
-        for name in ("model_path", "test_data_file", "output_dir"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                object.__setattr__(self, name, Path(value))
+        _coerce_paths(self, ("model_path", "test_data_file", "output_dir"))
         if self.n_groups is not None:
             _check_positive(c, "n_groups", self.n_groups, integer=True)
         if self.n_subsample is not None:
