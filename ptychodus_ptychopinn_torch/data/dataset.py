@@ -20,7 +20,7 @@ import scipy.fft
 import torch
 from torch.utils.data import Dataset
 
-from .scan import ScanData
+from .scan import ScanData, mean_total_intensity
 
 __all__ = [
     "GroupedDataset",
@@ -38,10 +38,7 @@ def normalisation_factor(amplitudes: np.ndarray) -> float:
     large scans do not lose precision.
     """
     amp = np.asarray(amplitudes)
-    if amp.ndim != 3 or amp.shape[0] == 0:
-        raise ValueError(f"amplitudes must be a non-empty (M, N, N) array; got shape {amp.shape}")
-    amp = amp.astype(np.float64)
-    mean_energy = float(np.mean(np.sum(amp * amp, axis=(-2, -1))))
+    mean_energy = mean_total_intensity(amp)
     if not np.isfinite(mean_energy) or mean_energy <= 0.0:
         raise ValueError(
             f"cannot normalise diffraction data with mean total intensity {mean_energy}; "

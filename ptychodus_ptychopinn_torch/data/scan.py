@@ -15,6 +15,19 @@ import numpy as np
 __all__ = ["ScanData", "amplitudes_from_counts"]
 
 
+def mean_total_intensity(amplitudes: np.ndarray, *, chunk: int = 1024) -> float:
+    """Mean over patterns of ``sum(amplitude**2)``, in float64, a chunk of patterns at a time
+    (a float64 copy of a 10^5-pattern scan would need 4x its memory at once)."""
+    amp = np.asarray(amplitudes)
+    if amp.ndim != 3 or amp.shape[0] == 0:
+        raise ValueError(f"amplitudes must be a non-empty (M, N, N) array; got shape {amp.shape}")
+    total = 0.0
+    for start in range(0, amp.shape[0], chunk):
+        block = amp[start : start + chunk].astype(np.float64)
+        total += float(np.sum(block * block))
+    return total / amp.shape[0]
+
+
 def amplitudes_from_counts(counts: Any, bad_pixels: np.ndarray | None = None) -> np.ndarray:
     """Return float32 ``sqrt(counts)`` with bad pixels zeroed, computed in float64.
 
@@ -108,8 +121,7 @@ class ScanData:
     @property
     def mean_counts(self) -> float:
         """Mean over patterns of the total counts (good pixels only), in float64."""
-        amp = self.amplitudes.astype(np.float64)
-        return float(np.mean(np.sum(amp * amp, axis=(-2, -1))))
+        return mean_total_intensity(self.amplitudes)
 
     # ------------------------------------------------------------------ validation
     def validate(self, *, N: int | None = None, gridsize: int = 1, neighbor_count: int = 4) -> None:  # noqa: N803
