@@ -207,7 +207,12 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Inference parameters (PtychoPINN ``InferenceConfig``)."""
+    """Inference parameters (PtychoPINN ``InferenceConfig``).
+
+    ``refine_iterations`` and ``refine_probe`` are this package's own: after the network's
+    patches are stitched, the object (and optionally the probe) is refined for that many passes
+    under the Poisson likelihood of all patterns (see `refinement`); 0 = network only.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     model_path: Path | None = None
@@ -219,6 +224,8 @@ class InferenceConfig:
     debug: bool = False
     output_dir: Path = Path("inference_outputs")
     backend: str = "pytorch"
+    refine_iterations: int = 50
+    refine_probe: bool = False
 
     def __post_init__(self) -> None:
         c = "InferenceConfig"
@@ -235,6 +242,10 @@ class InferenceConfig:
                   f"at least gridsize**2 = {self.model.channels}")
         _check_bool(c, "debug", self.debug)
         _check_choice(c, "backend", self.backend, BACKENDS)
+        if isinstance(self.refine_iterations, bool) or not isinstance(self.refine_iterations, int) \
+                or not 0 <= self.refine_iterations <= 100_000:
+            _fail(c, "refine_iterations", self.refine_iterations, "an integer from 0 (network only) to 100000")
+        _check_bool(c, "refine_probe", self.refine_probe)
 
 
 @dataclass(frozen=True)

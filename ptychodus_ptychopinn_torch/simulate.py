@@ -37,7 +37,8 @@ from ptychodus.api.simulate.probe import (
 )
 from ptychodus.api.simulate.probe_positions import generate_spiral_probe_positions
 
-__all__ = ["SimulatedScan", "simulate_scan", "write_scan_files", "PROBE_DIAMETER_FRACTION"]
+__all__ = ["SimulatedScan", "simulate_scan", "write_scan_files", "photograph", "PHOTOGRAPHS",
+           "PROBE_DIAMETER_FRACTION"]
 
 PHOTON_ENERGY_EV = 10_000.0
 DETECTOR_DISTANCE_M = 2.0
@@ -102,9 +103,52 @@ def _unit_field(rng: np.random.Generator, geometry: ObjectGeometry) -> np.ndarra
     return np.clip((field - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
 
 
+PHOTOGRAPHS = ("brick", "gravel", "text", "grass", "chelsea", "coffee", "cell", "retina",
+               "camera", "coins", "moon", "astronaut", "rocket", "page", "clock", "cat")
+"""scikit-image sample photographs (shipped with scikit-image, no download) usable as objects."""
+
+
+def photograph(name: str, shape: tuple[int, int]) -> np.ndarray:
+    """Grey-level scikit-image sample photograph ``name`` resized to ``shape``, stretched to [0, 1].
+
+    The stretch maps the 1st-99th percentiles to 0 and 1, so every photograph spans the range.
+    """
+    if name not in PHOTOGRAPHS:
+        raise ValueError(f"unknown photograph {name!r}; expected one of {', '.join(PHOTOGRAPHS)}")
+    try:
+        import skimage.data
+        from skimage.color import rgb2gray
+        from skimage.transform import resize
+    except ImportError as exc:  # pragma: no cover - scikit-image comes with ptychodus
+        raise RuntimeError("photograph objects need scikit-image (pip install scikit-image)") from exc
+    image = np.asarray(getattr(skimage.data, name)(), dtype=np.float64)
+    if image.ndim == 3:
+        image = rgb2gray(image[..., :3])
+    image = resize(image, shape, anti_aliasing=True, preserve_range=True)
+    lo, hi = np.percentile(image, [1.0, 99.0])
+    return np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+
 def _make_object(kind: str, rng: np.random.Generator, geometry: ObjectGeometry) -> Object:
+    """``flat``, ``textured`` (fractal noise) or ``photo:AMPLITUDE/PHASE[@PHASE_MAX]``.
+
+    A photograph object maps the first photograph to amplitude [0.5, 1] and the second to
+    phase ``[-PHASE_MAX, +PHASE_MAX]`` (default pi/2), e.g. ``photo:brick/gravel@0.3``.
+    """
     if kind == "flat":
         return generate_uniform_object(geometry)
+    if kind.startswith("photo:"):
+        spec, _, limit = kind[len("photo:"):].partition("@")
+        amp_name, _, phase_name = spec.partition("/")
+        phase_max = float(limit) if limit else np.pi / 2
+        shape = (geometry.height_px, geometry.width_px)
+        amplitude = 0.5 + 0.5 * photograph(amp_name, shape)
+        phase = (2.0 * photograph(phase_name or amp_name, shape) - 1.0) * phase_max
+        return Object(
+            array=(amplitude * np.exp(1j * phase))[np.newaxis].astype(complex),
+            pixel_geometry=geometry.get_pixel_geometry(),
+            center=geometry.get_center(),
+        )
     if kind == "textured":
         amplitude = 0.5 + 0.5 * _unit_field(rng, geometry)
         phase = (_unit_field(rng, geometry) - 0.5) * np.pi
@@ -113,7 +157,7 @@ def _make_object(kind: str, rng: np.random.Generator, geometry: ObjectGeometry) 
             pixel_geometry=geometry.get_pixel_geometry(),
             center=geometry.get_center(),
         )
-    raise ValueError(f"obj must be 'textured' or 'flat', got {kind!r}")
+    raise ValueError(f"obj must be 'textured', 'flat' or 'photo:AMPLITUDE/PHASE[@MAX]', got {kind!r}")
 
 
 def _spiral_positions(num_positions: int, step_px: float, pixel_m: float) -> ProbePositionSequence:

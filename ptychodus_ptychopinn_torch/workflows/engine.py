@@ -29,11 +29,21 @@ from ..data.scan import ScanData
 from ..device import lightning_accelerator, resolve_device
 from ..inference import PatchStitcher
 from ..model.pinn import PhysicsConstants, implied_object_amplitude
+from ..refinement import (
+    RefinementCancelled,
+    RefinementOptions,
+    ScanTensors,
+    flat_object,
+    negative_log_likelihood,
+    refine_object,
+)
 from ..training import EpochReport, PtychoPINNModule, TrainingCancelled, fit
 
 __all__ = [
     "EpochReport",
     "Reconstruction",
+    "RefinementSummary",
+    "refine_reconstruction",
     "TrainingCancelled",
     "derive_constants",
     "train_model",
@@ -45,14 +55,43 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class RefinementSummary:
+    """What the physics refinement did, in the units of the training loss (nats per pixel).
+
+    ``flat_loss`` is the NLL of a flat, zero-phase object of the right mean intensity; a
+    reconstruction whose ``final_loss`` exceeds it fits the data worse than no reconstruction.
+    """
+
+    iterations: int  # passes asked for
+    passes_run: int
+    losses: list[float]  # per pass
+    network_loss: float  # NLL of the stitched network object (after the scale fit)
+    flat_loss: float
+    final_loss: float
+    seconds: float
+    stopped_early: str | None
+    scale: float  # amplitude factor that brought the network object into the probe's gauge
+
+
+@dataclass(frozen=True)
 class Reconstruction:
-    """A stitched object in the scan's object canvas, with the scan positions in it."""
+    """A stitched (and refined) object in the scan's object canvas, with the scan positions.
+
+    ``object`` is the final object; with refinement, ``network_object`` is the stitched network
+    output before it (in the network's own amplitude gauge) and ``refinement`` says what the
+    refinement did. ``probe`` is the refined probe when the probe was refined, else None.
+    """
 
     object: np.ndarray  # (H, W) complex64
     object_x_px: np.ndarray  # (M,) float64
     object_y_px: np.ndarray  # (M,) float64
     coverage: np.ndarray  # (H, W) float32 stitching weights (0 = not illuminated)
     seconds: float
+    network_object: np.ndarray | None = None
+    refinement: RefinementSummary | None = None
+    probe: np.ndarray | None = None
+    network_seconds: float | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def amplitude(self) -> np.ndarray:
@@ -265,8 +304,10 @@ def reconstruct_object(
     *,
     on_batch: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_refine_pass: Callable[[int, int, float], None] | None = None,
 ) -> Reconstruction:
-    """Predict every pattern's object patch and stitch them into the scan's object canvas.
+    """Predict every pattern's object patch, stitch them into the scan's object canvas and,
+    with ``inference.refine_iterations > 0``, refine the canvas under the data (`refine_reconstruction`).
 
     Every position is used (for gridsize > 1, each position seeds a group with its nearest
     neighbours and every channel is stitched at its own position). Patterns stream through
@@ -291,7 +332,9 @@ def reconstruct_object(
     intensity = torch.abs(torch.as_tensor(scan.probe, dtype=torch.complex64)) ** 2
     weight = intensity / intensity.max().clamp_min(1e-30)
     shards = np.array_split(np.arange(len(groups)), len(devices))
-    total = sum(math.ceil(len(s) / batch_size) for s in shards)
+    predict_batches = sum(math.ceil(len(s) / batch_size) for s in shards)
+    refine_batches = inference.refine_iterations * math.ceil(scan.num_positions / REFINE_BATCH_SIZE)
+    total = predict_batches + refine_batches
     done = [0]
 
     def progress() -> None:
@@ -316,10 +359,97 @@ def reconstruct_object(
     for other in stitchers[1:]:
         merged.merge(other)
     obj = merged.result().cpu().numpy().astype(np.complex64)
-    return Reconstruction(
+    network = Reconstruction(
         object=obj,
         object_x_px=scan.positions_px[:, 0].astype(np.float64),
         object_y_px=scan.positions_px[:, 1].astype(np.float64),
         coverage=merged.coverage().cpu().numpy(),
         seconds=time.perf_counter() - start,
+    )
+    network_seconds = network.seconds
+
+    def refine_progress(batch_done: int, _: int) -> None:
+        if on_batch is not None:
+            on_batch(predict_batches + batch_done, total)
+
+    result = refine_reconstruction(
+        network, scan, inference, execution, device=devices[0], on_batch=refine_progress,
+        on_pass=on_refine_pass, should_stop=should_stop,
+    )
+    return dataclasses.replace(result, seconds=time.perf_counter() - start, network_seconds=network_seconds)
+
+
+#: Positions per refinement update (measured: docs/performance.md, "Refinement").
+REFINE_BATCH_SIZE = 64
+
+
+def refine_reconstruction(
+    reconstruction: Reconstruction,
+    scan: ScanData,
+    inference: InferenceConfig,
+    execution: ExecutionConfig | None = None,
+    *,
+    device: torch.device | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    on_pass: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Reconstruction:
+    """Refine a stitched object under the Poisson likelihood of all of ``scan``'s patterns.
+
+    Runs ``inference.refine_iterations`` passes (`refinement.refine_object`) with the scan's
+    probe and positions, starting from ``reconstruction.object`` brought into the probe's gauge
+    by one global scale. With 0 passes the object is returned as stitched, but its likelihood is
+    still compared with a flat object's, and a worse fit is logged as a warning and listed in
+    ``warnings``. Raises `TrainingCancelled` when ``should_stop()`` turns true.
+    """
+    execution = execution or ExecutionConfig()
+    if device is None:
+        device = inference_devices(execution)[0]
+    start = time.perf_counter()
+    data = ScanTensors.from_arrays(scan.amplitudes, scan.positions_px, scan.object_shape, scan.bad_pixels)
+    probe = torch.as_tensor(scan.probe, dtype=torch.complex64)
+    flat_loss = negative_log_likelihood(flat_object(probe, data), probe, data, device=device)
+    options = RefinementOptions(
+        iterations=inference.refine_iterations, batch_size=REFINE_BATCH_SIZE,
+        refine_probe=inference.refine_probe, seed=inference.subsample_seed or 0,
+    )
+    if options.iterations:
+        logger.info("refining the object: %d passes over %d positions%s", options.iterations,
+                    scan.num_positions, " (and the probe)" if options.refine_probe else "")
+    try:
+        result = refine_object(reconstruction.object, probe, data, options, device=device,
+                               on_pass=on_pass, on_batch=on_batch, should_stop=should_stop)
+    except RefinementCancelled as exc:
+        raise TrainingCancelled(str(exc)) from None
+    final_loss = result.losses[-1] if result.losses and not result.stopped_early else None
+    if final_loss is None:
+        final_loss = negative_log_likelihood(torch.as_tensor(result.object), torch.as_tensor(result.probe),
+                                             data, device=device)
+    summary = RefinementSummary(
+        iterations=options.iterations, passes_run=result.passes_run, losses=list(result.losses),
+        network_loss=result.initial_loss, flat_loss=flat_loss, final_loss=final_loss,
+        seconds=time.perf_counter() - start, stopped_early=result.stopped_early, scale=result.scale,
+    )
+    warnings = list(reconstruction.warnings)
+    if result.stopped_early:
+        warnings.append(result.stopped_early)
+    if final_loss > flat_loss:
+        message = (
+            f"the reconstruction fits the diffraction data worse than a flat object (Poisson NLL "
+            f"{final_loss:.4g} vs {flat_loss:.4g} nats per pixel): the network has not converged "
+            "on this scan; train longer, or raise the refinement passes"
+        )
+        logger.warning(message)
+        warnings.append(message)
+    if options.iterations:
+        logger.info("refinement: NLL %.4g (network) -> %.4g after %d passes in %.1f s (flat object %.4g)",
+                    result.initial_loss, final_loss, result.passes_run, summary.seconds, flat_loss)
+    return dataclasses.replace(
+        reconstruction,
+        object=result.object if options.iterations else reconstruction.object,
+        network_object=reconstruction.object,
+        refinement=summary,
+        probe=result.probe if options.refine_probe else None,
+        seconds=reconstruction.seconds + summary.seconds,
+        warnings=tuple(warnings),
     )

@@ -1,0 +1,360 @@
+"""Physics refinement of an object canvas under the measured diffraction data.
+
+The network predicts object patches one pattern at a time; stitching averages them, but
+nothing makes the stitched canvas agree with *all* measured patterns at once. This module
+does that: it takes the stitched object (or a flat one), the probe and the scan positions,
+and lowers the Poisson negative log-likelihood of every pattern with a preconditioned,
+mini-batched projection step (the update rule of ePIE/rPIE on sets of positions, as in
+LSQML's "compact sets"), with the same exact forward model that Ptychodus simulates:
+
+    Psi_j = F[ shift(P, d_j) * O[window_j] ]        (orthonormal FFT, sub-pixel d_j in [0, 1))
+    lambda_j = c * |Psi_j|^2                        (c: one global scale, fitted once)
+
+Per batch of positions: the exit waves' Fourier amplitudes are replaced by the measured ones
+(``|Psi| -> sqrt(k)``; bad detector pixels keep the model's value), and the object moves by
+``beta * sum_j conj(P_j) dpsi_j / ((1 - alpha) sum_j |P_j|^2 + alpha max sum_j |P_j|^2)``: a
+gradient step of the amplitude (variance-stabilised Poisson) likelihood, preconditioned by the
+illumination so bright and dim pixels converge at the same rate. Optionally the probe gets the
+symmetric update. Memory is the canvas plus one batch; everything runs on one device.
+
+Why not plain Adam on the pixels: measured (shared/docs/findings.md, item 12), Adam at a fixed
+step drives the phase well but lets the amplitude drift; the illumination-preconditioned
+projection step is the classical cure, and it needs no learning-rate tuning.
+
+Imports only ``physics``-level torch code: no network, no Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "RefinementOptions",
+    "RefinementResult",
+    "RefinementCancelled",
+    "ScanTensors",
+    "refine_object",
+    "flat_object",
+    "negative_log_likelihood",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class RefinementCancelled(RuntimeError):
+    """Raised when a stop was requested during refinement."""
+
+
+@dataclass(frozen=True)
+class RefinementOptions:
+    """How the object canvas is refined (see module docstring).
+
+    iterations:   passes over all positions (0 = none).
+    batch_size:   positions per update; smaller sets converge faster per pass on a CPU.
+    step:         relaxation ``beta`` of the object update (1 = full projection step).
+    alpha:        rPIE regularisation of the illumination preconditioner, in [0, 1].
+    refine_probe: also update the probe (starting from the product's probe).
+    probe_start:  first pass at which the probe is updated (the object settles first).
+    divergence_patience: stop after the pass loss rose this many passes in a row.
+    seed:         order of positions in each pass.
+    """
+
+    iterations: int = 50
+    batch_size: int = 64
+    step: float = 1.0
+    alpha: float = 0.2
+    refine_probe: bool = False
+    probe_start: int = 2
+    divergence_patience: int = 4
+    seed: int = 0
+    noise_model: str = "poisson"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
+            raise ValueError(f"refinement iterations={self.iterations!r} is invalid; expected an integer >= 0")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"refinement batch_size={self.batch_size!r} is invalid; expected an integer >= 1")
+        if not 0.0 < float(self.step) <= 2.0:
+            raise ValueError(f"refinement step={self.step!r} is invalid; expected a number in (0, 2]")
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"refinement alpha={self.alpha!r} is invalid; expected a number in [0, 1]")
+        if self.divergence_patience < 1:
+            raise ValueError("refinement divergence_patience must be >= 1")
+
+
+@dataclass
+class RefinementResult:
+    """The refined canvas, the probe it was refined with, and the per-pass losses."""
+
+    object: np.ndarray  # (H, W) complex64
+    probe: np.ndarray  # (N, N) complex64 (the input probe unless refine_probe)
+    losses: list[float]  # Poisson NLL per pixel (nats, log k! included) of each pass
+    initial_loss: float  # of the starting object, after the scale fit
+    scale: float  # global amplitude scale applied to the starting object
+    seconds: float
+    passes_run: int
+    stopped_early: str | None = None  # why the refinement stopped before ``iterations``
+    pass_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ScanTensors:
+    """A scan's measured data laid out for refinement on one device.
+
+    ``counts`` stay on the host (float32, unshifted detector layout) and move one batch at a
+    time; window corners and sub-pixel shifts are small per-position arrays.
+    """
+
+    counts: torch.Tensor  # (M, N, N) float32, ifftshifted (zero frequency at [0, 0])
+    lower: torch.Tensor  # (M, 2) int64 window corner (x, y) in the canvas
+    frac: torch.Tensor  # (M, 2) float32 sub-pixel shift (x, y) of the probe, in [0, 1)
+    good: torch.Tensor | None  # (N, N) bool good detector pixels (ifftshifted), or None
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_arrays(cls, amplitudes: np.ndarray, positions_px: np.ndarray, object_shape: tuple[int, int],
+                    bad_pixels: np.ndarray | None = None) -> "ScanTensors":
+        """From ``sqrt(counts)`` patterns (zero frequency at N//2) and Ptychodus-centred positions."""
+        n = amplitudes.shape[-1]
+        amp = torch.as_tensor(np.asarray(amplitudes, dtype=np.float32))
+        counts = torch.fft.ifftshift(amp * amp, dim=(-2, -1)).contiguous()
+        pos = np.asarray(positions_px, dtype=np.float64)
+        half = (n - 1) / 2.0
+        lower = np.floor(pos - half)
+        frac = pos - half - lower
+        good = None
+        if bad_pixels is not None and np.any(bad_pixels):
+            good = torch.fft.ifftshift(torch.as_tensor(~np.asarray(bad_pixels, dtype=bool)), dim=(-2, -1))
+        return cls(counts=counts, lower=torch.as_tensor(lower, dtype=torch.long),
+                   frac=torch.as_tensor(frac, dtype=torch.float32), good=good,
+                   shape=(int(object_shape[0]), int(object_shape[1])))
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.shape[-1])
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.counts.shape[0])
+
+
+class _Batch:
+    """Flat canvas indices, shifted probes and counts of one set of positions."""
+
+    def __init__(self, data: ScanTensors, index: torch.Tensor, probe_spectrum: torch.Tensor,
+                 device: torch.device) -> None:
+        n = data.n
+        h, w = data.shape
+        lower = data.lower[index].to(device)
+        ramp = torch.arange(n, device=device)
+        rows = lower[:, 1].view(-1, 1, 1) + ramp.view(1, n, 1)
+        cols = lower[:, 0].view(-1, 1, 1) + ramp.view(1, 1, n)
+        self.flat = (rows * w + cols).reshape(len(index), -1)
+        if int(rows.min()) < 0 or int(cols.min()) < 0 or int(rows.max()) >= h or int(cols.max()) >= w:
+            raise ValueError("a probe window lies outside the object canvas; positions must keep every "
+                             f"{n}x{n} window inside the {h}x{w} canvas")
+        self.frac = data.frac[index].to(device)
+        self.ramp = _shift_ramp(n, self.frac, device)
+        self.probes = torch.fft.ifft2(probe_spectrum * self.ramp)  # (B, N, N) shift(P, d_j)
+        self.counts = data.counts[index].to(device, non_blocking=True)
+        self.good = None if data.good is None else data.good.to(device)
+
+
+def _shift_ramp(n: int, frac: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Fourier phase ramps that move content by ``+frac`` (x, y) pixels: ``(B, N, N)`` complex64."""
+    f = torch.fft.fftfreq(n, device=device, dtype=torch.float32)
+    phase = -2.0 * math.pi * (f.view(1, 1, n) * frac[:, 0, None, None] + f.view(1, n, 1) * frac[:, 1, None, None])
+    return torch.polar(torch.ones_like(phase), phase)
+
+
+def _nll_terms(lam: torch.Tensor, k: torch.Tensor, good: torch.Tensor | None) -> tuple[float, int]:
+    """Sum of ``lambda - k log lambda + log k!`` over (good) pixels, and the pixel count."""
+    value = lam - k * torch.log(lam + 1e-6) + torch.lgamma(k + 1.0)
+    if good is not None:
+        value = value * good
+        return float(value.sum()), int(good.sum()) * lam.shape[0]
+    return float(value.sum()), value.numel()
+
+
+def negative_log_likelihood(obj: torch.Tensor, probe: torch.Tensor, data: ScanTensors, *,
+                            batch_size: int = 256, device: torch.device | None = None) -> float:
+    """Mean Poisson NLL per pixel (nats, ``log k!`` included) of ``obj`` under ``probe``.
+
+    The same units as the training loss, so ``training loss - NLL(truth)`` is the excess NLL.
+    """
+    device = device or obj.device
+    canvas = obj.to(device, torch.complex64).reshape(-1)
+    spectrum = torch.fft.fft2(probe.to(device, torch.complex64))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, data.num_positions, batch_size):
+            batch = _Batch(data, torch.arange(start, min(start + batch_size, data.num_positions)), spectrum, device)
+            psi = batch.probes * canvas[batch.flat].view_as(batch.probes)
+            lam = torch.abs(torch.fft.fft2(psi, norm="ortho")) ** 2
+            s, c = _nll_terms(lam, batch.counts, batch.good)
+            total += s
+            count += c
+    return total / max(count, 1)
+
+
+def flat_object(probe: np.ndarray | torch.Tensor, data: ScanTensors) -> torch.Tensor:
+    """The uniform, zero-phase object whose mean predicted intensity equals the measured one.
+
+    Parseval with the orthonormal FFT: ``sum |F(P a)|^2 = a^2 sum |P|^2``.
+    """
+    p = torch.as_tensor(probe).to(torch.complex64)
+    power = float(torch.sum(torch.abs(p) ** 2))
+    mean_counts = float(data.counts.double().sum(dim=(-2, -1)).mean())
+    amplitude = math.sqrt(mean_counts / power) if power > 0 else 1.0
+    return torch.full(data.shape, amplitude, dtype=torch.complex64)
+
+
+def _fit_scale(canvas: torch.Tensor, spectrum: torch.Tensor, data: ScanTensors, device: torch.device,
+               sample: int = 512) -> float:
+    """Amplitude factor ``s`` so that ``s * O`` reproduces the measured total counts."""
+    index = torch.linspace(0, data.num_positions - 1, min(sample, data.num_positions)).round().long().unique()
+    predicted, measured = 0.0, 0.0
+    for chunk in index.split(256):
+        batch = _Batch(data, chunk, spectrum, device)
+        psi = batch.probes * canvas[batch.flat].view_as(batch.probes)
+        lam = torch.abs(torch.fft.fft2(psi, norm="ortho")) ** 2
+        if batch.good is not None:
+            lam = lam * batch.good
+        predicted += float(lam.sum())
+        measured += float(batch.counts.sum())
+    if not predicted > 0 or not math.isfinite(predicted):
+        return 1.0
+    return math.sqrt(measured / predicted)
+
+
+def refine_object(
+    initial: np.ndarray | torch.Tensor | None,
+    probe: np.ndarray | torch.Tensor,
+    data: ScanTensors,
+    options: RefinementOptions,
+    *,
+    device: torch.device | str = "cpu",
+    fit_scale: bool = True,
+    on_pass: Callable[[int, int, float], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RefinementResult:
+    """Refine ``initial`` (``(H, W)`` complex, or None for a flat start) against ``data``.
+
+    ``fit_scale`` first multiplies the start by the one global factor that matches the total
+    measured counts (the network's object lives in its own normalisation gauge; after the fit
+    the object is in the gauge of ``probe``). ``on_pass(pass, total, loss)`` follows every
+    pass, ``on_batch(done, total)`` every batch; ``should_stop()`` is checked before every
+    batch and raises `RefinementCancelled`. A pass whose loss is not finite, or a loss that
+    rose ``divergence_patience`` passes in a row, stops the refinement with a warning and
+    returns the best object seen.
+    """
+    device = torch.device(device)
+    start_time = time.perf_counter()
+    n = data.n
+    probe_t = torch.as_tensor(probe).to(device, torch.complex64).clone()
+    if probe_t.shape != (n, n):
+        raise ValueError(f"probe shape {tuple(probe_t.shape)} does not match the {n}x{n} patterns")
+    if initial is None:
+        canvas = flat_object(probe_t.cpu(), data).to(device)
+    else:
+        canvas = torch.as_tensor(initial).to(device, torch.complex64).clone()
+        if tuple(canvas.shape) != data.shape:
+            raise ValueError(f"initial object shape {tuple(canvas.shape)} does not match the canvas {data.shape}")
+        if not bool(torch.isfinite(torch.view_as_real(canvas)).all()):
+            raise ValueError("the initial object holds NaN or infinite values")
+    h, w = data.shape
+    canvas = canvas.reshape(-1)
+    spectrum = torch.fft.fft2(probe_t)
+    scale = _fit_scale(canvas, spectrum, data, device) if fit_scale else 1.0
+    canvas = canvas * scale
+    initial_loss = negative_log_likelihood(canvas.view(h, w), probe_t, data, device=device)
+    best = (initial_loss, canvas.clone(), probe_t.clone(), 0)
+    losses: list[float] = []
+    pass_seconds: list[float] = []
+    stopped: str | None = None
+    generator = torch.Generator().manual_seed(int(options.seed))
+    m = data.num_positions
+    batches_per_pass = math.ceil(m / options.batch_size)
+    total_batches = batches_per_pass * options.iterations
+    done = 0
+    rising = 0
+    beta, alpha = float(options.step), float(options.alpha)
+    for it in range(options.iterations):
+        t0 = time.perf_counter()
+        order = torch.randperm(m, generator=generator)
+        nll_sum, nll_count = 0.0, 0
+        update_probe = options.refine_probe and it >= options.probe_start
+        with torch.no_grad():
+            for index in order.split(options.batch_size):
+                if should_stop is not None and should_stop():
+                    raise RefinementCancelled("refinement was stopped before it finished")
+                batch = _Batch(data, index, spectrum, device)
+                patches = canvas[batch.flat].view_as(batch.probes)
+                psi = batch.probes * patches
+                field_ = torch.fft.fft2(psi, norm="ortho")
+                lam = field_.real ** 2 + field_.imag ** 2
+                s, c = _nll_terms(lam, batch.counts, batch.good)
+                nll_sum += s
+                nll_count += c
+                if options.noise_model == "poisson":
+                    # half the Poisson gradient: equals the amplitude step near convergence
+                    ratio = 1.0 + 0.5 * (batch.counts / (lam + 1e-3 * lam.mean()) - 1.0).clamp(max=8.0)
+                else:
+                    ratio = torch.sqrt(batch.counts) / torch.sqrt(lam + 1e-12)
+                if batch.good is not None:
+                    ratio = torch.where(batch.good, ratio, torch.ones_like(ratio))
+                dpsi = torch.fft.ifft2(field_ * (ratio - 1.0), norm="ortho")
+                # object: illumination-preconditioned step, summed over the set
+                num = torch.zeros_like(canvas).index_add_(0, batch.flat.reshape(-1),
+                                                          (torch.conj(batch.probes) * dpsi).reshape(-1))
+                den = torch.zeros(canvas.shape, dtype=torch.float32, device=device).index_add_(
+                    0, batch.flat.reshape(-1), (torch.abs(batch.probes) ** 2).reshape(-1))
+                den = (1.0 - alpha) * den + alpha * den.max()
+                if update_probe:
+                    # probe: the symmetric step, with each object patch moved back by -d_j
+                    back = torch.conj(batch.ramp)
+                    pnum = torch.fft.ifft2(torch.fft.fft2(torch.conj(patches) * dpsi) * back).sum(0)
+                    pden = (torch.abs(patches) ** 2).sum(0)
+                    pden = (1.0 - alpha) * pden + alpha * pden.max()
+                canvas = canvas + beta * num / den.clamp_min(1e-20)
+                if update_probe:
+                    probe_t = probe_t + beta * pnum / pden.clamp_min(1e-20)
+                    spectrum = torch.fft.fft2(probe_t)
+                done += 1
+                if on_batch is not None:
+                    on_batch(done, total_batches)
+        loss = nll_sum / max(nll_count, 1)
+        pass_seconds.append(time.perf_counter() - t0)
+        if not math.isfinite(loss) or not bool(torch.isfinite(torch.view_as_real(canvas)).all()):
+            stopped = f"refinement diverged at pass {it + 1} (non-finite loss); kept the object of pass {best[3]}"
+            logger.warning(stopped)
+            break
+        losses.append(loss)
+        if on_pass is not None:
+            on_pass(it + 1, options.iterations, loss)
+        if loss < best[0]:
+            best = (loss, canvas.clone(), probe_t.clone(), it + 1)
+        rising = rising + 1 if len(losses) > 1 and loss > losses[-2] + 1e-4 * abs(losses[-2]) else 0
+        if rising >= options.divergence_patience:
+            stopped = (f"refinement stopped at pass {it + 1}: the loss rose {rising} passes in a row "
+                       f"(diverging); kept the object of pass {best[3]}")
+            logger.warning(stopped)
+            break
+    # The pass loss is measured while the object changes; the best object is the one after
+    # the pass with the lowest loss (or the start if no pass improved on it).
+    _, canvas, probe_t, _ = best if stopped else (None, canvas, probe_t, None)
+    return RefinementResult(
+        object=canvas.view(h, w).cpu().numpy().astype(np.complex64),
+        probe=probe_t.cpu().numpy().astype(np.complex64),
+        losses=losses, initial_loss=initial_loss, scale=float(scale),
+        seconds=time.perf_counter() - start_time, passes_run=len(losses), stopped_early=stopped,
+        pass_seconds=pass_seconds,
+    )
