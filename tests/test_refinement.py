@@ -1,0 +1,180 @@
+"""Physics refinement: the forward model is Ptychodus's, and the update lowers the likelihood.
+
+The first test pins the convention exactly: at the true object, after the one global scale
+fit, refinement's forward model reproduces Ptychodus's noise-free simulated counts. The others
+check what the module promises: flat start at the right intensity, likelihood falling, truth as
+a fixed point, bad pixels ignored, probe update, divergence guard and Stop.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
+from ptychodus_ptychopinn_torch.evaluation import evaluate_object
+from ptychodus_ptychopinn_torch.refinement import (
+    RefinementCancelled,
+    RefinementOptions,
+    ScanTensors,
+    _Batch,
+    _fit_scale,
+    flat_object,
+    negative_log_likelihood,
+    refine_object,
+)
+from ptychodus_ptychopinn_torch.simulate import simulate_scan
+
+
+@pytest.fixture(scope="module")
+def clean():
+    sim = simulate_scan(num_positions=100, N=64, noise=False, seed=3, overlap=0.75)
+    scan = scan_from_reconstruct_input(sim.reconstruct_input)
+    data = ScanTensors.from_arrays(scan.amplitudes, scan.positions_px, scan.object_shape)
+    truth = torch.as_tensor(sim.product.object_.get_layer(0)).to(torch.complex64)
+    return sim, scan, data, truth
+
+
+def _counts(obj, probe, data):
+    spectrum = torch.fft.fft2(torch.as_tensor(probe).to(torch.complex64))
+    batch = _Batch(data, torch.arange(data.num_positions), spectrum, torch.device("cpu"))
+    psi = batch.probes * obj.reshape(-1)[batch.flat].view_as(batch.probes)
+    return (torch.abs(torch.fft.fft2(psi, norm="ortho")) ** 2).double()
+
+
+def test_forward_model_reproduces_ptychodus_counts_exactly(clean):
+    _, scan, data, truth = clean
+    scale = _fit_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    predicted = _counts(truth * scale, scan.probe, data)
+    measured = data.counts.double()
+    ratio = predicted.sum(dim=(1, 2)) / measured.sum(dim=(1, 2))
+    assert float(ratio.std() / ratio.mean()) < 1e-3
+    assert float(ratio.mean()) == pytest.approx(1.0, abs=2e-3)
+    rel = float(torch.linalg.vector_norm(predicted - measured) / torch.linalg.vector_norm(measured))
+    assert rel < 5e-3  # the sub-pixel shift and centring conventions match pixel for pixel
+
+
+def test_wrong_subpixel_sign_would_not_match(clean):
+    """The same check with the sub-pixel shift reversed fails: the test above can fail."""
+    _, scan, data, truth = clean
+    flipped = ScanTensors(counts=data.counts, lower=data.lower, frac=-data.frac, good=None, shape=data.shape)
+    scale = _fit_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    predicted = _counts(truth * scale, scan.probe, flipped)
+    measured = data.counts.double()
+    rel = float(torch.linalg.vector_norm(predicted - measured) / torch.linalg.vector_norm(measured))
+    assert rel > 2e-2
+
+
+def test_flat_object_matches_mean_intensity(clean):
+    _, scan, data, _ = clean
+    flat = flat_object(scan.probe, data)
+    predicted = _counts(flat, scan.probe, data)
+    assert float(predicted.sum() / data.counts.double().sum()) == pytest.approx(1.0, rel=0.02)
+    assert float(torch.angle(flat).abs().max()) == 0.0
+
+
+def test_scale_fit_removes_a_global_factor(clean):
+    _, scan, data, truth = clean
+    s1 = _fit_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    s3 = _fit_scale(3 * truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    assert s3 == pytest.approx(s1 / 3, rel=1e-5)
+
+
+def test_truth_is_a_fixed_point(clean):
+    _, scan, data, truth = clean
+    result = refine_object(truth.numpy(), scan.probe, data, RefinementOptions(iterations=3))
+    start = truth.numpy() * result.scale
+    change = np.linalg.norm(result.object - start) / np.linalg.norm(start)
+    assert change < 1e-2
+    assert max(result.losses) <= result.initial_loss + 1e-3
+
+
+def test_refinement_from_flat_lowers_the_likelihood_and_finds_the_object(clean):
+    sim, scan, data, _ = clean
+    passes = []
+    result = refine_object(None, scan.probe, data, RefinementOptions(iterations=20),
+                           on_pass=lambda i, n, loss: passes.append((i, n, loss)))
+    assert [p[0] for p in passes] == list(range(1, 21)) and passes[0][1] == 20
+    assert result.losses[-1] < 0.2 * result.initial_loss
+    assert result.losses[-1] <= min(result.losses[:5])
+    metrics = evaluate_object(result.object, sim.product)
+    assert metrics["amplitude_ssim"] > 0.8
+    assert metrics["phase_ssim"] > 0.8
+    assert metrics["amplitude_ssim"] > metrics["flat_amplitude_ssim"] + 0.3
+
+
+def test_bad_pixels_are_ignored(clean):
+    _, scan, _, truth = clean
+    bad = np.zeros((64, 64), dtype=bool)
+    bad[10:14, 40:50] = True
+    garbage = scan.amplitudes.copy()
+    garbage[:, bad] = 1e3
+    masked = ScanTensors.from_arrays(garbage, scan.positions_px, scan.object_shape, bad)
+    clean_masked = ScanTensors.from_arrays(scan.amplitudes, scan.positions_px, scan.object_shape, bad)
+    options = RefinementOptions(iterations=3)
+    a = refine_object(None, scan.probe, masked, options)
+    b = refine_object(None, scan.probe, clean_masked, options)
+    np.testing.assert_allclose(a.object, b.object, rtol=1e-4, atol=1e-6)
+
+
+def test_probe_refinement_improves_a_wrong_probe(clean):
+    _, scan, data, _ = clean
+    n = scan.N
+    blur = np.exp(-((np.fft.fftfreq(n)[:, None] ** 2 + np.fft.fftfreq(n)[None, :] ** 2) / (2 * 0.15**2)))
+    wrong = np.fft.ifft2(np.fft.fft2(scan.probe) * blur).astype(np.complex64)
+    fixed = refine_object(None, wrong, data, RefinementOptions(iterations=12))
+    refined = refine_object(None, wrong, data, RefinementOptions(iterations=12, refine_probe=True))
+    assert refined.losses[-1] < 0.8 * fixed.losses[-1]
+    assert not np.allclose(refined.probe, wrong)
+    np.testing.assert_array_equal(fixed.probe, wrong)
+
+
+def test_non_finite_data_stop_with_the_last_good_object(clean, caplog):
+    _, scan, data, truth = clean
+    counts = data.counts.clone()
+    counts[5, 3, 3] = float("nan")
+    broken = ScanTensors(counts=counts, lower=data.lower, frac=data.frac, good=None, shape=data.shape)
+    with caplog.at_level("WARNING"):
+        result = refine_object(truth.numpy(), scan.probe, broken, RefinementOptions(iterations=5))
+    assert result.stopped_early and "diverged" in result.stopped_early
+    assert np.all(np.isfinite(result.object))
+    np.testing.assert_allclose(result.object, truth.numpy() * result.scale, rtol=1e-5, atol=1e-7)
+    assert any("diverged" in r.message for r in caplog.records)
+
+
+def test_stop_request_cancels(clean):
+    _, scan, data, _ = clean
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(RefinementCancelled):
+        refine_object(None, scan.probe, data, RefinementOptions(iterations=5, batch_size=16), should_stop=stop)
+
+
+@pytest.mark.parametrize("bad", [{"iterations": -1}, {"batch_size": 0}, {"step": 0.0}, {"alpha": 1.5},
+                                 {"noise_model": "gauss"}])
+def test_bad_options_are_rejected(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        RefinementOptions(**bad)
+
+
+def test_bad_initial_object_is_rejected(clean):
+    _, scan, data, _ = clean
+    with pytest.raises(ValueError, match="shape"):
+        refine_object(np.ones((10, 10), np.complex64), scan.probe, data, RefinementOptions(iterations=1))
+    nan = np.full(data.shape, np.nan, np.complex64)
+    with pytest.raises(ValueError, match="NaN"):
+        refine_object(nan, scan.probe, data, RefinementOptions(iterations=1))
+
+
+def test_likelihood_units_match_the_poisson_loss(clean):
+    """negative_log_likelihood is physics.poisson_nll (nats per pixel, log k! included)."""
+    from ptychodus_ptychopinn_torch import physics
+
+    _, scan, data, truth = clean
+    obj = flat_object(scan.probe, data)
+    lam = _counts(obj, scan.probe, data).float()
+    expected = float(physics.poisson_nll(torch.sqrt(lam), torch.sqrt(data.counts)))
+    assert negative_log_likelihood(obj, torch.as_tensor(scan.probe), data) == pytest.approx(expected, rel=1e-4)
