@@ -27,6 +27,8 @@ __all__ = [
 
 SUPPORTED_N = (64, 128, 256)
 AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
+BORDER_ACTIVATIONS = ("head", "swish")
+OBJECT_INITS = ("flat", "random")
 MODEL_TYPES = ("pinn", "supervised")
 ARCHITECTURES = ("cnn",)
 LOSS_MODES = ("poisson", "mae")
@@ -74,7 +76,15 @@ def _check_bool(cls: str, name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network and forward-model architecture (PtychoPINN ``ModelConfig``)."""
+    """Network and forward-model architecture (PtychoPINN ``ModelConfig``).
+
+    Two fields are this package's own (docs/architecture.md, "Convergence"):
+    ``border_activation`` is the output activation of the ``probe_big`` border path (``head``:
+    the same as the central path, sigmoid amplitude and pi*tanh phase; ``swish``: PtychoPINN's
+    SiLU, whose phase cannot go below -0.28 rad), and ``object_init`` is the network's first
+    prediction (``flat``: the uniform object of the implied amplitude with zero phase, as
+    iterative solvers start; ``random``: Glorot-initialised output layers, as PtychoPINN).
+    """
 
     N: int = 64
     gridsize: int = 1
@@ -88,6 +98,8 @@ class ModelConfig:
     pad_object: bool = True
     probe_scale: float = 4.0
     gaussian_smoothing_sigma: float = 0.0
+    border_activation: str = "head"
+    object_init: str = "flat"
 
     def __post_init__(self) -> None:
         c = "ModelConfig"
@@ -103,6 +115,8 @@ class ModelConfig:
             _check_bool(c, name, getattr(self, name))
         _check_positive(c, "probe_scale", self.probe_scale)
         _check_range(c, "gaussian_smoothing_sigma", self.gaussian_smoothing_sigma, 0.0, 10.0)
+        _check_choice(c, "border_activation", self.border_activation, BORDER_ACTIVATIONS)
+        _check_choice(c, "object_init", self.object_init, OBJECT_INITS)
 
     @property
     def channels(self) -> int:
@@ -147,6 +161,8 @@ class TrainingConfig:
     gradient_clip_val: float | None = None
     gradient_clip_algorithm: str = "norm"
     scheduler: str = "ReduceLROnPlateau"
+    lr_warmup_epochs: int = 0
+    lr_min_ratio: float = 0.1
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     plateau_min_lr: float = 5e-5
@@ -194,6 +210,10 @@ class TrainingConfig:
             _check_positive(c, "gradient_clip_val", self.gradient_clip_val)
         _check_choice(c, "gradient_clip_algorithm", self.gradient_clip_algorithm, CLIP_ALGORITHMS)
         _check_choice(c, "scheduler", self.scheduler, SCHEDULERS)
+        if isinstance(self.lr_warmup_epochs, bool) or not isinstance(self.lr_warmup_epochs, int) \
+                or self.lr_warmup_epochs < 0:
+            _fail(c, "lr_warmup_epochs", self.lr_warmup_epochs, "a non-negative integer")
+        _check_range(c, "lr_min_ratio", self.lr_min_ratio, 0.0, 1.0)
         if not 0.0 < self.plateau_factor < 1.0:
             _fail(c, "plateau_factor", self.plateau_factor, "a number in (0, 1)")
         if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int) \

@@ -48,7 +48,9 @@ class PtychoPINNModule(L.LightningModule):
     """Lightning wrapper: the loss of `TrainingConfig` on top of a `PtychoPINN` model.
 
     PINN mode: ``nll_weight * Poisson NLL + mae_weight * amplitude MAE`` in counts.
-    Supervised mode: amplitude L1 plus wrapped-phase L1 against the true object patches.
+    Supervised mode: amplitude L1 plus wrapped-phase L1 against the true object patches (in the
+    truth's own amplitude gauge), weighted by the probe intensity: a pattern says nothing about
+    the object where the probe does not reach, so fitting labels there only adds noise.
     """
 
     def __init__(self, model: PtychoPINN, training: TrainingConfig,
@@ -60,6 +62,8 @@ class PtychoPINNModule(L.LightningModule):
             self.register_buffer("detector_mask", detector_mask.to(torch.float32))
         else:
             self.detector_mask = None
+        intensity = torch.abs(model.normalized_probe.detach()) ** 2
+        self.register_buffer("supervised_weight", intensity / intensity.max().clamp_min(1e-30), persistent=False)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = batch["amplitudes"]
@@ -67,9 +71,11 @@ class PtychoPINNModule(L.LightningModule):
         if cfg.model.model_type == "supervised":
             obj = self.model.predict_object(x)
             truth = batch["truth"]
-            amp = torch.mean(torch.abs(torch.abs(obj) - torch.abs(truth)))
-            phase = torch.mean(torch.abs(torch.angle(obj * torch.conj(truth))))
-            return amp + phase
+            # Only illuminated pixels are determined by the pattern: weight by the probe intensity.
+            weight = self.supervised_weight
+            amp = torch.abs(torch.abs(obj) - torch.abs(truth))
+            phase = torch.abs(torch.angle(obj * torch.conj(truth)))
+            return ((amp + phase) * weight).mean() / weight.mean()
         pred, _ = self.model(x, batch["coords_relative"])
         obs = self.model.observed_count_amplitudes(x)
         loss = torch.zeros((), device=x.device)
@@ -90,6 +96,23 @@ class PtychoPINNModule(L.LightningModule):
         self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=batch["amplitudes"].shape[0])
         return loss
 
+    def _warmup_cosine(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """Linear warm-up over ``lr_warmup_epochs``, then a cosine decay to ``lr_min_ratio``
+        times the learning rate at the last step (stepped every optimiser step)."""
+        cfg = self.training_config
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        per_epoch = max(total // max(cfg.nepochs, 1), 1)
+        warmup = min(cfg.lr_warmup_epochs * per_epoch, total - 1)
+        floor = cfg.lr_min_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
     def configure_optimizers(self):  # noqa: D102
         cfg = self.training_config
         params = [p for p in self.parameters() if p.requires_grad]
@@ -109,6 +132,8 @@ class PtychoPINNModule(L.LightningModule):
             )
             monitor = "val_loss" if self.trainer.num_val_batches and sum(self.trainer.num_val_batches) else "train_loss"
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
+        if cfg.scheduler == "WarmupCosine":
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": self._warmup_cosine(opt), "interval": "step"}}
         if cfg.scheduler == "Exponential":
             return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.95)}
         return opt

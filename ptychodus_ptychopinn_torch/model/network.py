@@ -3,8 +3,8 @@
 A shared convolutional encoder feeds two separate decoders, one for the amplitude and one for
 the phase. With ``pad_object`` the last stage is dual-resolution: a full-resolution central
 ``N/2 x N/2`` path (amplitude activation, phase ``pi * tanh``) zero-padded to ``N x N``, plus,
-with ``probe_big``, a border path upsampled once more whose swish output fills the region
-outside the central square. Without ``pad_object`` one full-resolution path covers ``N x N``.
+with ``probe_big``, a border path upsampled once more whose output (``border_activation``: the
+head's own activation, or PtychoPINN's swish) fills the region outside the central square. Without ``pad_object`` one full-resolution path covers ``N x N``.
 
 Channel widths follow PtychoPINN (times ``n_filters_scale``): encoder N=64 ``[32, 64, 128]``,
 N=128 ``[16, 32, 64, 128]``, N=256 ``[8, 16, 32, 64, 128]``; the decoders mirror them down to
@@ -68,7 +68,8 @@ def _amplitude_activation(name: str, amp_max: float):
 class _Head(nn.Module):
     """Decoder for one of amplitude or phase, ending in the (dual-resolution) last stage."""
 
-    def __init__(self, config: ModelConfig, cin: int, out_channels: int, activation) -> None:
+    def __init__(self, config: ModelConfig, cin: int, out_channels: int, activation,
+                 border_activation) -> None:
         super().__init__()
         widths = decoder_widths(config)
         blocks, c = [], cin
@@ -77,6 +78,7 @@ class _Head(nn.Module):
             c = w
         self.decoder = nn.Sequential(*blocks)
         self.activation = activation
+        self.border_activation = border_activation
         self.pad_object = config.pad_object
         self.probe_big = config.probe_big and config.pad_object
         self.n = config.N
@@ -99,9 +101,36 @@ class _Head(nn.Module):
         q = self.n // 4
         if self.probe_big:
             center = self.activation(self.central(f[:, :-_BORDER_CHANNELS]))
-            border = nn.functional.silu(self.border(f[:, -_BORDER_CHANNELS:]))
+            border = self.border_activation(self.border(f[:, -_BORDER_CHANNELS:]))
             return nn.functional.pad(center, (q, q, q, q)) + border * self.border_mask
         return nn.functional.pad(self.activation(self.central(f)), (q, q, q, q))
+
+    def output_layers(self) -> list[nn.Conv2d]:
+        """The convolutions whose outputs go straight into an activation."""
+        if not self.pad_object:
+            return [self.full[-1]]
+        layers = [self.central]
+        if self.probe_big:
+            layers.append(self.border[-1])
+        return layers
+
+
+def _inverse(activation, target: float) -> float:
+    """Pre-activation ``z`` with ``activation(z) == target`` (bisection; monotone on the bracket)."""
+    lo, hi = -1.0, 60.0
+    if float(activation(torch.tensor(lo))) > target:
+        lo = -60.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if float(activation(torch.tensor(mid))) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _phase_activation(z: torch.Tensor) -> torch.Tensor:
+    return math.pi * torch.tanh(z)
 
 
 class Generator(nn.Module):
@@ -114,6 +143,7 @@ class Generator(nn.Module):
     def __init__(self, config: ModelConfig, *, amp_max: float = 1.0) -> None:
         super().__init__()
         self.config = config
+        self.amp_max = float(amp_max)
         self.in_channels = config.channels if config.object_big else 1
         c = self.in_channels
         blocks = []
@@ -121,16 +151,29 @@ class Generator(nn.Module):
             blocks.append(_DownBlock(c, w))
             c = w
         self.encoder = nn.Sequential(*blocks)
-        self.amplitude = _Head(config, c, self.in_channels, _amplitude_activation(config.amp_activation, amp_max))
-        self.phase = _Head(config, c, self.in_channels, lambda z: math.pi * torch.tanh(z))
+        amp_act = _amplitude_activation(config.amp_activation, amp_max)
+        phase_act = _phase_activation
+        swish = config.border_activation == "swish"
+        self.amplitude = _Head(config, c, self.in_channels, amp_act, nn.functional.silu if swish else amp_act)
+        self.phase = _Head(config, c, self.in_channels, phase_act, nn.functional.silu if swish else phase_act)
         self.reset_parameters()
         self.to(memory_format=torch.channels_last)
 
     def reset_parameters(self) -> None:
+        """Glorot-uniform convolutions; with ``object_init='flat'`` the output layers start at
+        zero weight and a bias that makes every prediction the flat object of amplitude
+        ``amp_max / 2`` (the implied amplitude) and zero phase."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        if self.config.object_init != "flat":
+            return
+        for head, target in ((self.amplitude, 0.5 * self.amp_max), (self.phase, 0.0)):
+            for i, layer in enumerate(head.output_layers()):
+                activation = head.border_activation if i == 1 else head.activation
+                nn.init.zeros_(layer.weight)
+                nn.init.constant_(layer.bias, _inverse(activation, target) if target else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, ch, n, _ = x.shape
