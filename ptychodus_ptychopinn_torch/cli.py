@@ -4,6 +4,7 @@
     ptychopinn-torch demo [--out DIR] [--epochs N] [--positions M] [--gridsize G] [--seed S]
     ptychopinn-torch train DATA --out DIR [--epochs N] [--gridsize G] [--batch-size B] ...
     ptychopinn-torch reconstruct DATA --model MODEL --out OUT.npz [--device D] [--batch-size B]
+                                [--refine-iterations N] [--refine-probe]
 
 DATA is a Ptychodus training-data NPZ, or a directory holding ``train_data.npz`` or
 ``diffraction.h5`` + ``product.h5``. Nothing heavy is imported at module level (torch and
@@ -95,6 +96,46 @@ def _console_logging(verbose: bool) -> Iterator[None]:
         package.propagate = saved[1]
         for lg, old in zip(noisy, saved[2]):
             lg.setLevel(old)
+
+
+#: Loggers whose warnings end up in `Reconstruction.warnings` (printed in the summary line).
+_REFINEMENT_LOGGERS = ("ptychodus_ptychopinn_torch.workflows.engine",
+                       "ptychodus_ptychopinn_torch.refinement")
+
+
+class _HeldWarnings(logging.Filter):
+    """Holds back the WARNING records of a logger while a reconstruction runs.
+
+    The engine both logs its warnings and returns them in ``Reconstruction.warnings``; the
+    commands print them once, in the refinement summary line, and re-log only the others.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING:
+            self.held.append(record)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _refinement_warnings_held(printed: list[str]) -> Iterator[None]:
+    """Hold back engine warnings; on exit re-log those not in ``printed`` (filled by the caller)."""
+    filters = [(logging.getLogger(name), _HeldWarnings()) for name in _REFINEMENT_LOGGERS]
+    for lg, flt in filters:
+        lg.addFilter(flt)
+    try:
+        yield
+    finally:
+        for lg, flt in filters:
+            lg.removeFilter(flt)
+        for lg, flt in filters:
+            for record in flt.held:
+                if record.getMessage() not in printed:
+                    lg.handle(record)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -270,7 +311,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             f"{scan.N}x{scan.N} patterns; use a model trained for N={scan.N}"
         )
     inference = InferenceConfig(model=model, model_path=model_path, test_data_file=Path(args.data),
-                                neighbor_count=bundle.training_config.neighbor_count)
+                                neighbor_count=bundle.training_config.neighbor_count,
+                                refine_iterations=args.refine_iterations,
+                                refine_probe=args.refine_probe)
     try:
         scan.validate(N=model.N, gridsize=model.gridsize, neighbor_count=inference.neighbor_count)
     except ValueError as exc:
@@ -281,22 +324,65 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from .workflows.engine import reconstruct_object
 
-    print(f"reconstructing {scan.num_positions} patterns with {model_path}; {reason}", flush=True)
-    result = reconstruct_object(bundle, scan, inference, execution)
+    refine = (f", then {inference.refine_iterations} refinement passes"
+              f"{' (object and probe)' if inference.refine_probe else ''}"
+              if inference.refine_iterations else ", network only")
+    print(f"reconstructing {scan.num_positions} patterns with {model_path}{refine}; {reason}",
+          flush=True)
+    printed: list[str] = []
+    with _refinement_warnings_held(printed):
+        result = reconstruct_object(bundle, scan, inference, execution)
+        printed.extend(result.warnings)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "wb") as handle:
-        np.savez(
-            handle,
-            object=np.asarray(result.object, dtype=np.complex64),
-            object_x_px=np.asarray(result.object_x_px, dtype=np.float64),
-            object_y_px=np.asarray(result.object_y_px, dtype=np.float64),
-            coverage=np.asarray(result.coverage, dtype=np.float32),
-        )
+        np.savez(handle, **_reconstruction_arrays(result))
     os.replace(tmp, out)
+    print(_refinement_line(result))
     height, width = result.object.shape
     print(f"wrote {out}: object {height}x{width} complex64 ({result.seconds:.1f} s)")
     return 0
+
+
+def _reconstruction_arrays(result: Any) -> dict[str, Any]:
+    """The arrays of the reconstruct NPZ (see specs/workflow-contract.md, section 4).
+
+    ``network_object`` is the stitched network output before refinement (the same array as
+    ``object`` with 0 passes); ``refinement_losses`` the Poisson NLL of each pass (empty with
+    0 passes); ``probe`` is written only when the probe was refined.
+    """
+    import numpy as np
+
+    network = result.network_object if result.network_object is not None else result.object
+    losses = result.refinement.losses if result.refinement is not None else []
+    arrays = {
+        "object": np.asarray(result.object, dtype=np.complex64),
+        "object_x_px": np.asarray(result.object_x_px, dtype=np.float64),
+        "object_y_px": np.asarray(result.object_y_px, dtype=np.float64),
+        "coverage": np.asarray(result.coverage, dtype=np.float32),
+        "network_object": np.asarray(network, dtype=np.complex64),
+        "refinement_losses": np.asarray(losses, dtype=np.float64).reshape(-1),
+    }
+    if result.probe is not None:
+        arrays["probe"] = np.asarray(result.probe, dtype=np.complex64)
+    return arrays
+
+
+def _refinement_line(result: Any) -> str:
+    """One line: the Poisson NLL before and after refinement, passes, seconds, warnings."""
+    summary = result.refinement
+    if summary is None:
+        line = "refinement: none"
+    elif summary.iterations == 0:
+        line = (f"refinement: off (--refine-iterations 0); Poisson NLL "
+                f"{_fmt_loss(summary.final_loss)} (flat object {_fmt_loss(summary.flat_loss)})")
+    else:
+        line = (f"refinement: Poisson NLL {_fmt_loss(summary.network_loss)} (network) -> "
+                f"{_fmt_loss(summary.final_loss)} after {summary.passes_run}/{summary.iterations} "
+                f"passes in {summary.seconds:.1f} s (flat object {_fmt_loss(summary.flat_loss)})")
+    if result.warnings:
+        line += "; WARNING: " + "; WARNING: ".join(result.warnings)
+    return line
 
 
 # ----------------------------------------------------------------------------- demo
@@ -419,8 +505,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     timings["train"] = time.perf_counter() - printer.start
 
     tic = time.perf_counter()
-    reconstruction = reconstruct_object(bundle, scan, None, execution)
+    printed: list[str] = []
+    with _refinement_warnings_held(printed):
+        reconstruction = reconstruct_object(bundle, scan, None, execution)
+        printed.extend(reconstruction.warnings)
     timings["reconstruct"] = time.perf_counter() - tic
+    print(_refinement_line(reconstruction), flush=True)
 
     tic = time.perf_counter()
     metrics = evaluate_object(reconstruction.object, simulated.product,
@@ -457,6 +547,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _inference_default(field_name: str) -> Any:
+    """InferenceConfig's default of ``field_name`` (config imports no torch)."""
+    import dataclasses
+
+    from .config import InferenceConfig
+
+    return next(f.default for f in dataclasses.fields(InferenceConfig) if f.name == field_name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(
@@ -503,10 +602,19 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--model", required=True, metavar="MODEL",
                      help="model.ckpt, or the directory holding it")
     rec.add_argument("--out", required=True, metavar="OUT.npz",
-                     help="output NPZ: object, object_x_px, object_y_px, coverage")
+                     help="output NPZ: object, object_x_px, object_y_px, coverage, "
+                          "network_object, refinement_losses (and probe with --refine-probe)")
     device_option(rec)
     rec.add_argument("--batch-size", type=_positive_int, default=None,
                      help="inference batch size (default: automatic)")
+    rec.add_argument("--refine-iterations", type=_non_negative_int,
+                     default=_inference_default("refine_iterations"), metavar="N",
+                     help="passes of physics refinement of the stitched object under the "
+                          "Poisson likelihood of all patterns; 0 = network only (default: "
+                          f"{_inference_default('refine_iterations')})")
+    rec.add_argument("--refine-probe", action="store_true",
+                     help="also refine the probe during the refinement passes; OUT.npz then "
+                          "holds it as 'probe'")
     rec.set_defaults(func=_cmd_reconstruct)
 
     demo = sub.add_parser("demo", help="simulate a scan, train, reconstruct, score and plot")

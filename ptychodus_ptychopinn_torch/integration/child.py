@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy
+
 from .. import params
 from ..config import (
     ExecutionConfig,
@@ -180,4 +182,36 @@ def _reconstruct(job: ReconstructJob, emit: Emit, should_stop: Callable[[], bool
         emit(TAG_STOPPED)
         return
 
-    emit(TAG_RESULT, {"object": result.object, **_model_summary(bundle)})
+    emit(TAG_RESULT, {"object": result.object, **_model_summary(bundle),
+                      **_reconstruction_summary(result)})
+
+
+def _reconstruction_summary(result: Any) -> dict[str, Any]:
+    """The refinement of a `Reconstruction` as plain data (numpy arrays, floats, strings).
+
+    ``refinement`` is None when the engine ran no refinement step; ``probe`` is the refined
+    probe (complex64 numpy) or None; ``warnings`` are the engine's warnings, which the parent
+    shows in the Ptychodus log.
+    """
+    summary = result.refinement
+    refinement = None
+    if summary is not None:
+        refinement = {
+            "iterations": int(summary.iterations),
+            "passes_run": int(summary.passes_run),
+            "losses": [float(v) for v in summary.losses],
+            "network_loss": float(summary.network_loss),
+            "flat_loss": float(summary.flat_loss),
+            "final_loss": float(summary.final_loss),
+            "seconds": float(summary.seconds),
+            "stopped_early": None if summary.stopped_early is None else str(summary.stopped_early),
+            "scale": float(summary.scale),
+        }
+    probe = None if result.probe is None else numpy.asarray(result.probe, dtype=numpy.complex64)
+    network_seconds = result.network_seconds
+    return {
+        "refinement": refinement,
+        "probe": probe,
+        "warnings": [str(w) for w in result.warnings],
+        "network_seconds": None if network_seconds is None else float(network_seconds),
+    }

@@ -9,6 +9,11 @@ before they are re-raised, because the GUI shows no dialog for background failur
 Progress is counted in hundredths of an epoch (`STEPS_PER_EPOCH`), so the goal is positive,
 the GUI shows a progress bar and a Stop button, and Ptychodus's numbered checkpoint files
 (``product.000100.h5`` ...) sort in run order with the result last.
+
+The result product's losses are the self-fit's epochs followed by the physics-refinement passes
+(a pretrained model: the refinement passes, or its training history when refinement is off);
+with ``refine_probe`` it holds the refined probe. The engine's warnings (e.g. a reconstruction
+that fits the data worse than a flat object) reach the Ptychodus log exactly once.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import numpy
 
 from ptychodus.api.object import Object
+from ptychodus.api.probe import ProbeSequence
 from ptychodus.api.product import LossValue, Product
 from ptychodus.api.reconstruct import (
     ReconstructInput,
@@ -40,7 +46,7 @@ from ..config import InferenceConfig, config_to_dict
 from .inputs import DIFFRACTION_H5, TRAINING_NPZ, check_training_dir, pattern_size
 from .modelfile import ModelFileInfo, read_model_file_info
 from .protocol import TAG_EPOCH, TAG_PROGRESS, TAG_RESULT, TAG_STOPPED, ReconstructJob, TrainJob
-from .runner import DEFAULT_ENTRY_POINT, JobRunner
+from .runner import DEFAULT_ENTRY_POINT, LIBRARY_LOGGER, JobRunner
 from .settings import Configs, PluginSettings, build_configs
 
 __all__ = ["MODEL_FILE_NAME", "STEPS_PER_EPOCH", "PtychoPINNTorchReconstructor", "RunOptions"]
@@ -96,10 +102,77 @@ def _output_object(source: Object, array: numpy.ndarray) -> Object:
                   center=center, layer_spacing_m=[])
 
 
-def _product(source: Product, losses: list[LossValue], obj: Object | None = None) -> Product:
+def _output_probes(source: ProbeSequence, array: Any) -> ProbeSequence:
+    """The refined probe as a single-mode `ProbeSequence` with the input probe's pixel geometry.
+
+    The engine models the data with the input's first mode only, so the refined probe replaces
+    the whole input ensemble (other incoherent modes and OPR weights are not carried over).
+    """
+    probe = numpy.asarray(array, dtype=numpy.complex64)
+
+    if probe.ndim != 2 or probe.shape != (source.height_px, source.width_px):
+        raise ValueError(f"the refined probe has shape {probe.shape}; expected the input probe's "
+                         f"{source.height_px}x{source.width_px}")
+    try:
+        pixel_geometry = source.get_pixel_geometry()
+    except ValueError:
+        pixel_geometry = None
+    return ProbeSequence(array=probe[numpy.newaxis, numpy.newaxis], opr_weights=None,
+                         pixel_geometry=pixel_geometry)
+
+
+def _product(source: Product, losses: list[LossValue], obj: Object | None = None,
+             probes: ProbeSequence | None = None) -> Product:
     return Product(metadata=source.metadata, probe_positions=source.probe_positions,
-                   probes=source.probes, object_=source.object_ if obj is None else obj,
-                   losses=losses)
+                   probes=source.probes if probes is None else probes,
+                   object_=source.object_ if obj is None else obj, losses=losses)
+
+
+def _result_losses(result: dict[str, Any], fitted: bool) -> list[float]:
+    """The product's loss curve: the self-fit's epochs, then the refinement passes.
+
+    With a pretrained model (``fitted`` False) the model's training losses belong to other
+    data, so the curve is the refinement passes of this scan; without refinement passes it
+    stays the model's training history.
+    """
+    history = [float(v) for v in result["history"].get("train_loss", [])]
+    refinement = result.get("refinement") or {}
+    passes = [float(v) for v in refinement.get("losses", [])]
+
+    if fitted:
+        return history + passes
+    return passes or history
+
+
+class _WarningWatcher(logging.Handler):
+    """Remembers the WARNING records that reach the library logger during a run.
+
+    Worker records are re-logged under the library logger (`runner`), and in-process workers
+    log there directly, so an engine warning usually reaches the Ptychodus log already; the
+    result's ``warnings`` are then logged only when they have not been.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.seen.add(record.getMessage())
+        except Exception:  # noqa: BLE001 - a malformed record must not break the run
+            pass
+
+
+def _describe_refinement(refinement: dict[str, Any] | None, probe_refined: bool) -> str:
+    """``"; 50 refinement passes, Poisson NLL a -> b ..."`` for the finished-run log line."""
+    if not refinement:
+        return ""
+    if not refinement.get("iterations"):
+        return "; network only, no refinement"
+    probe = " (object and probe)" if probe_refined else ""
+    return (f"; {refinement['passes_run']} refinement passes{probe}, Poisson NLL "
+            f"{refinement['network_loss']:.4g} -> {refinement['final_loss']:.4g} "
+            f"(flat object {refinement['flat_loss']:.4g})")
 
 
 def _copy_atomically(source: Path, destination: Path) -> None:
@@ -237,11 +310,19 @@ class PtychoPINNTorchReconstructor(TrainableReconstructor):
         job = ReconstructJob(scan=scan, model_path=None if model is None else model.path,
                              configs=self._job_configs(configs, inference, training))
 
-        with closing(self._runner().run(job)) as events:  # Stop/close ends the worker now
-            yield from self._reconstruct_events(events, source, fit_epochs)
+        watcher = _WarningWatcher()
+        library_logger = logging.getLogger(LIBRARY_LOGGER)
+        library_logger.addHandler(watcher)
+
+        try:
+            with closing(self._runner().run(job)) as events:  # Stop/close ends the worker now
+                yield from self._reconstruct_events(events, source, fit_epochs, watcher)
+        finally:
+            library_logger.removeHandler(watcher)
 
     def _reconstruct_events(self, events: Iterator[tuple[Any, ...]], source: Product,
-                            fit_epochs: int) -> Iterator[ReconstructOutput]:
+                            fit_epochs: int, watcher: _WarningWatcher | None = None
+                            ) -> Iterator[ReconstructOutput]:
         train_loss: list[float] = []
         progress = 0
 
@@ -259,11 +340,21 @@ class PtychoPINNTorchReconstructor(TrainableReconstructor):
                 return
             elif tag == TAG_RESULT:
                 result = event[1]
-                losses = _losses(result["history"].get("train_loss", []))
+                losses = _losses(_result_losses(result, fitted=fit_epochs > 0))
                 obj = _output_object(source.object_, result["object"])
-                self._logger.info("PtychoPINN (PyTorch) reconstruction finished (object %dx%d)",
-                                  obj.height_px, obj.width_px)
-                yield ReconstructOutput(product=_product(source, losses, obj),
+                probe = result.get("probe")
+                probes = None if probe is None else _output_probes(source.probes, probe)
+                seen = set() if watcher is None else watcher.seen
+
+                for warning in result.get("warnings", []):
+                    if warning not in seen:
+                        self._logger.warning("%s", warning)
+
+                self._logger.info("PtychoPINN (PyTorch) reconstruction finished (object %dx%d%s)",
+                                  obj.height_px, obj.width_px,
+                                  _describe_refinement(result.get("refinement"),
+                                                       probes is not None))
+                yield ReconstructOutput(product=_product(source, losses, obj, probes),
                                         progress=self._goal)
 
     # --- TrainableReconstructor -------------------------------------------------------------

@@ -15,7 +15,7 @@ because it silently replaces bad values. This module must not import torch.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from ptychodus.api.parameters import Parameter, ParameterGroup
@@ -78,6 +78,14 @@ class SettingSpec:
 def _s(group: str, key: str, default: Any, target: str, label: str, help: str,
        choices: tuple[str, ...] = (), zero_means: str = "") -> SettingSpec:
     return SettingSpec(group, key, default, target, label, help, tuple(choices), zero_means)
+
+
+def _default(config: type, field_name: str) -> Any:
+    """A config field's own default, so a setting cannot drift from the dataclass."""
+    for item in fields(config):
+        if item.name == field_name:
+            return item.default
+    raise ValueError(f"{config.__name__} has no field {field_name!r}")
 
 
 SETTINGS: tuple[SettingSpec, ...] = (
@@ -144,6 +152,14 @@ SETTINGS: tuple[SettingSpec, ...] = (
        "Nearest neighbours searched when grouping for inference."),
     _s("Inference", "batch_size", 0, "execution.inference_batch_size", "Batch Size:",
        "Groups per inference batch; 0 = automatic.", zero_means="automatic"),
+    _s("Inference", "refine_iterations", _default(InferenceConfig, "refine_iterations"),
+       "inference.refine_iterations", "Refinement Passes:",
+       "Passes of physics refinement of the stitched object after the network (Poisson "
+       "likelihood of all patterns); 0 = network only (0 to 100000)."),
+    _s("Inference", "refine_probe", _default(InferenceConfig, "refine_probe"),
+       "inference.refine_probe", "Refine Probe",
+       "Also refine the probe during the refinement passes; the product then holds the "
+       "refined probe."),
     # Execution
     _s("Execution", "device", "auto", "execution.accelerator", "Device:",
        "auto = CUDA when available, else CPU with a warning; cuda/gpu = require a GPU "

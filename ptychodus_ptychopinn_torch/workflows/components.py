@@ -147,6 +147,10 @@ def run_cdi_example_torch(
     (None without stitching) and the `train_cdi_model_torch` results plus, when stitched,
     ``reconstruction`` (the engine's `Reconstruction`) and ``stitched_obj`` (the oriented complex
     canvas), and ``model_path`` when the model was saved to ``config.output_dir/model.ckpt``.
+
+    The stitched object is refined as `InferenceConfig` says by default (``refine_iterations``
+    passes, probe fixed; PtychoPINN's signature has no inference config to change that);
+    ``results["reconstruction"].refinement`` and ``.network_object`` say what refinement did.
     """
     _require_training_config(config)
     params.update_legacy_dict(params.cfg, config)

@@ -40,6 +40,16 @@ def test_reconstruct_and_demo_options():
     args = parser.parse_args(["reconstruct", "d", "--model", "m.ckpt", "--out", "o.npz",
                               "--device", "cpu", "--batch-size", "32"])
     assert (args.model, args.out, args.device, args.batch_size) == ("m.ckpt", "o.npz", "cpu", 32)
+    from ptychodus_ptychopinn_torch.config import InferenceConfig
+
+    assert (args.refine_iterations, args.refine_probe) == (
+        InferenceConfig().refine_iterations, False)
+    args = parser.parse_args(["reconstruct", "d", "--model", "m", "--out", "o.npz",
+                              "--refine-iterations", "0"])
+    assert (args.refine_iterations, args.refine_probe) == (0, False)
+    args = parser.parse_args(["reconstruct", "d", "--model", "m", "--out", "o.npz",
+                              "--refine-iterations", "7", "--refine-probe"])
+    assert (args.refine_iterations, args.refine_probe) == (7, True)
     args = parser.parse_args(["demo"])
     assert (args.epochs, args.positions, args.gridsize, args.seed) == (
         cli.DEMO_EPOCHS, cli.DEMO_POSITIONS, 1, 0)
@@ -59,6 +69,9 @@ def test_reconstruct_and_demo_options():
         ["train", "d", "--out", "o", "--mode", "magic"],
         ["reconstruct", "d", "--out", "o.npz"],  # --model missing
         ["demo", "--positions", "-3"],
+        ["reconstruct", "d", "--model", "m", "--out", "o.npz", "--refine-iterations", "-1"],
+        ["reconstruct", "d", "--model", "m", "--out", "o.npz", "--refine-iterations", "many"],
+        ["reconstruct", "d", "--model", "m", "--out", "o.npz", "--refine-probe", "yes"],
     ],
 )
 def test_usage_errors_exit_2(argv, capsys):

@@ -66,3 +66,32 @@ def small_settings(lib, *, epochs: int = 1, subprocess: bool = False) -> None:
     settings.parameter("Model", "n_filters_scale").set_value(1)
     settings.parameter("Execution", "device").set_value("cpu")
     settings.parameter("Execution", "run_in_subprocess").set_value(subprocess)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_scan, tmp_path_factory):
+    """A valid model file for `tiny_scan` (N = 64, untrained weights), built without training."""
+    import torch
+
+    from ptychodus_ptychopinn_torch.checkpoint import ModelBundle, build_model, save_model
+    from ptychodus_ptychopinn_torch.config import ModelConfig, TrainingConfig
+    from ptychodus_ptychopinn_torch.data.grouping import group_positions
+    from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
+    from ptychodus_ptychopinn_torch.workflows.engine import derive_constants
+
+    scan = scan_from_reconstruct_input(tiny_scan.reconstruct_input)
+    training = TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1), nepochs=1)
+    constants = derive_constants(scan, training, group_positions(scan.positions_px, gridsize=1))
+    torch.manual_seed(0)
+    bundle = ModelBundle(network=build_model(training, constants, scan.probe),
+                         training_config=training, constants=constants, probe=scan.probe,
+                         history={"train_loss": [0.7, 0.6], "val_loss": [0.8, 0.7]})
+    return save_model(bundle, tmp_path_factory.mktemp("model") / "model.ckpt")
+
+
+@pytest.fixture()
+def engine_library(library, small):
+    """The library running the real worker (`child.run_job`) in-process, CI-sized, on the CPU."""
+    library.options.entry_point = "ptychodus_ptychopinn_torch.integration.child:run_job"
+    small(library)
+    return library

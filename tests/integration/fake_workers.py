@@ -100,3 +100,36 @@ def record_legacy_calls(job, emit, should_stop):
                        "batches_done": 1, "batches_total": 1})
         emit("result", {"object": numpy.full(shape, 0.5 + 0.5j, dtype=numpy.complex64),
                         "history": {"train_loss": [0.5]}})
+
+
+FLAT_WARNING = ("the reconstruction fits the diffraction data worse than a flat object "
+                "(Poisson NLL 0.9 vs 0.5 nats per pixel): 100% of the test's fake")
+
+
+def _refined_result(job, emit, *, log_warning: bool) -> None:
+    """Two fit epochs, then a result with three refinement passes, a refined probe, a warning."""
+    for epoch, loss in ((1, 0.9), (2, 0.8)):
+        emit("epoch", {"epoch": epoch, "num_epochs": 2, "train_loss": loss, "val_loss": None,
+                       "batches_done": epoch, "batches_total": 2})
+    if log_warning:  # as the engine does: the record reaches the parent before the result
+        logging.getLogger("ptychodus_ptychopinn_torch.workflows.engine").warning(FLAT_WARNING)
+    emit("result", {
+        "object": numpy.full(job.scan.object_shape, 0.5 + 0.5j, dtype=numpy.complex64),
+        "history": {"train_loss": [0.9, 0.8], "val_loss": []},
+        "refinement": {"iterations": 3, "passes_run": 3, "losses": [0.5, 0.4, 0.3],
+                       "network_loss": 0.6, "flat_loss": 0.25, "final_loss": 0.3,
+                       "seconds": 0.1, "stopped_early": None, "scale": 2.0},
+        "probe": (2 * numpy.asarray(job.scan.probe)).astype(numpy.complex64),
+        "warnings": [FLAT_WARNING],
+        "network_seconds": 0.05,
+    })
+
+
+def refined_result_logged(job, emit, should_stop):
+    """A refined result whose warning the worker also logged (the engine's behaviour)."""
+    _refined_result(job, emit, log_warning=True)
+
+
+def refined_result_silent(job, emit, should_stop):
+    """A refined result whose warning was never logged by the worker."""
+    _refined_result(job, emit, log_warning=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-pytestmark = [pytest.mark.gui, pytest.mark.slow]
+pytestmark = pytest.mark.gui
 
 KEY = "ptychopinn (pytorch)_pinn"
 TIMEOUT_MS = 600_000
@@ -43,6 +43,26 @@ def _screenshot(widget, name: str) -> None:
         widget.grab().save(str(Path(directory) / name))
 
 
+def test_page_edits_the_refinement_settings(qtbot):
+    """Fast: the settings page alone, built from the declarations, edits both new settings."""
+    from PyQt5.QtWidgets import QCheckBox
+    from ptychodus.api.settings import SettingsRegistry
+
+    from ptychodus_ptychopinn_torch.integration.library import create_library
+
+    library = create_library(SettingsRegistry(), False)
+    page = library.create_view_controller_factory().create_view_controller("PINN")
+    qtbot.addWidget(page)
+
+    _set_line_edit(_form_field(page, "Refinement Passes:"), "7")
+    refine_probe = _form_field(page, "Refine Probe")
+    assert isinstance(refine_probe, QCheckBox)
+    refine_probe.setChecked(True)
+    assert library.settings.value("Inference", "refine_iterations") == 7
+    assert library.settings.value("Inference", "refine_probe") is True
+
+
+@pytest.mark.slow
 def test_gui_select_configure_train_and_infer(qtbot, scan_dir, tiny_scan):
     from PyQt5.QtCore import Qt
     from PyQt5.QtWidgets import QComboBox, QLabel

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from ptychodus.api.settings import SettingsRegistry
 
+from ptychodus_ptychopinn_torch.config import InferenceConfig
 from ptychodus_ptychopinn_torch.integration.settings import (
     GROUP_PREFIX,
     SETTINGS,
@@ -42,6 +43,9 @@ def test_defaults_build_valid_configs_with_n_from_the_data(settings):
     assert configs.training.n_groups is None and configs.inference.n_groups is None
     assert configs.execution.inference_batch_size is None
     assert configs.execution.accelerator == "auto" and configs.execution.gpu_indices == ()
+    default = InferenceConfig()
+    assert configs.inference.refine_iterations == default.refine_iterations
+    assert configs.inference.refine_probe is default.refine_probe
 
 
 def test_every_setting_reaches_its_config_field(settings):
@@ -51,6 +55,7 @@ def test_every_setting_reaches_its_config_field(settings):
         ("Training", "nepochs"): 3, ("Training", "batch_size"): 4,
         ("Training", "learning_rate"): 5e-4, ("Training", "nphotons"): 1e6,
         ("Training", "n_groups"): 10, ("Inference", "batch_size"): 32,
+        ("Inference", "refine_iterations"): 0, ("Inference", "refine_probe"): True,
         ("Execution", "device"): "cpu", ("Execution", "gpu_indices"): "0, 1",
         ("Execution", "precision"): "bf16-mixed", ("Execution", "seed"): 7,
     }
@@ -63,6 +68,7 @@ def test_every_setting_reaches_its_config_field(settings):
     assert (c.training.nepochs, c.training.batch_size, c.training.learning_rate) == (3, 4, 5e-4)
     assert (c.training.nphotons, c.training.n_groups) == (1e6, 10)
     assert c.execution.inference_batch_size == 32
+    assert (c.inference.refine_iterations, c.inference.refine_probe) == (0, True)
     assert (c.execution.accelerator, c.execution.gpu_indices, c.execution.precision,
             c.execution.seed) == ("cpu", (0, 1), "bf16-mixed", 7)
     for spec in SETTINGS:  # each declared target is a real config field
@@ -78,6 +84,7 @@ def test_every_setting_reaches_its_config_field(settings):
     ("Execution", "device", "tpu", "[PtychoPINNPyTorchExecution] device"),
     ("Execution", "precision", "8-bit", "[PtychoPINNPyTorchExecution] precision"),
     ("Execution", "gpu_indices", "first", "[PtychoPINNPyTorchExecution] gpu_indices"),
+    ("Inference", "refine_iterations", -1, "[PtychoPINNPyTorchInference] refine_iterations"),
 ])
 def test_out_of_range_values_name_the_settings_key(settings, group, key, value, section):
     settings.parameter(group, key).set_value(value)
@@ -91,11 +98,22 @@ def test_unsupported_pattern_size_is_explained(settings):
         build_configs(settings, model_type="pinn", N=100)
 
 
+def test_refinement_settings_are_inference_fields_with_its_defaults():
+    specs = {spec.key: spec for spec in SETTINGS if spec.group == "Inference"}
+    default = InferenceConfig()
+    assert specs["refine_iterations"].target == "inference.refine_iterations"
+    assert specs["refine_iterations"].default == default.refine_iterations
+    assert specs["refine_probe"].target == "inference.refine_probe"
+    assert specs["refine_probe"].default is default.refine_probe
+    assert not specs["refine_iterations"].zero_means  # 0 passes means 0, not None
+
+
 def test_ini_file_sets_values(tmp_path):
     registry = SettingsRegistry()
     settings = PluginSettings(registry)
     ini = tmp_path / "settings.ini"
     ini.write_text("[PtychoPINNPyTorchTraining]\nnepochs = 7\nnphotons = 0\n"
+                   "[PtychoPINNPyTorchInference]\nrefine_iterations = 12\nrefine_probe = True\n"
                    "[PtychoPINNPyTorchExecution]\ndevice = cuda\ngpu_indices = 1\n"
                    "run_in_subprocess = False\n")
     registry.open_settings(ini)
@@ -103,6 +121,7 @@ def test_ini_file_sets_values(tmp_path):
     assert c.training.nepochs == 7 and c.training.nphotons is None
     assert c.execution.accelerator == "cuda" and c.execution.gpu_indices == (1,)
     assert settings.run_in_subprocess is False
+    assert (c.inference.refine_iterations, c.inference.refine_probe) == (12, True)
 
 
 def test_docs_list_every_setting():
