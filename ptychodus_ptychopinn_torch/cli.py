@@ -2,7 +2,9 @@
 
     ptychopinn-torch check
     ptychopinn-torch demo [--out DIR] [--epochs N] [--positions M] [--gridsize G] [--seed S]
-    ptychopinn-torch train DATA --out DIR [--epochs N] [--gridsize G] [--batch-size B] ...
+    ptychopinn-torch train DATA --out DIR [--epochs N] [--gridsize G] [--batch-size B]
+                          [--learning-rate X] [--scheduler S] [--lr-warmup-epochs N]
+                          [--lr-min-ratio X] [--border-activation A] [--object-init I] ...
     ptychopinn-torch reconstruct DATA --model MODEL --out OUT.npz [--device D] [--batch-size B]
                                 [--refine-iterations N] [--refine-probe]
 
@@ -58,6 +60,25 @@ def _int_at_least(minimum: int, what: str):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "a non-negative integer")
+
+
+def _float_in(test, what: str):
+    """An argparse type for finite floats that pass ``test``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not test(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_float = _float_in(lambda v: v > 0, "a positive number")
+_unit_fraction = _float_in(lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1")
 
 
 @contextlib.contextmanager
@@ -255,19 +276,51 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- train
-def _cmd_train(args: argparse.Namespace) -> int:
+def _schedule_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The learning-rate options of ``train`` as TrainingConfig fields.
+
+    ``--lr-warmup-epochs`` and ``--lr-min-ratio`` shape only the WarmupCosine schedule; given
+    with another scheduler they would be ignored, so that is an error. Options left out keep
+    the dataclass defaults.
+    """
+    given = [flag for flag, value in (("--lr-warmup-epochs", args.lr_warmup_epochs),
+                                      ("--lr-min-ratio", args.lr_min_ratio)) if value is not None]
+    if given and args.scheduler != "WarmupCosine":
+        raise ValueError(f"{' and '.join(given)} only apply with --scheduler WarmupCosine "
+                         f"(got --scheduler {args.scheduler})")
+    options: dict[str, Any] = {"learning_rate": args.learning_rate, "scheduler": args.scheduler}
+    if args.lr_warmup_epochs is not None:
+        options["lr_warmup_epochs"] = args.lr_warmup_epochs
+    if args.lr_min_ratio is not None:
+        options["lr_min_ratio"] = args.lr_min_ratio
+    return options
+
+
+def _train_configs(args: argparse.Namespace, N: int, data: Path | None = None,  # noqa: N803
+                   out: Path | None = None) -> tuple[Any, Any]:
+    """``(ModelConfig, TrainingConfig)`` of a ``train`` command line, for patterns of size N."""
     from .config import ModelConfig, TrainingConfig
+
+    model = ModelConfig(N=N, gridsize=args.gridsize, n_filters_scale=args.n_filters_scale,
+                        model_type=args.mode, border_activation=args.border_activation,
+                        object_init=args.object_init)
+    extra = {"output_dir": out} if out is not None else {}
+    training = TrainingConfig(model=model, train_data_file=data, nepochs=args.epochs,
+                              batch_size=args.batch_size, n_groups=args.n_groups,
+                              **_schedule_options(args), **extra)
+    return model, training
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from .data.io import load_scan
 
     data = Path(args.data)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    _schedule_options(args)  # a misplaced option fails before the data are read
     scan = load_scan(data)
-    model = ModelConfig(N=scan.N, gridsize=args.gridsize, n_filters_scale=args.n_filters_scale,
-                        model_type=args.mode)
-    training = TrainingConfig(model=model, train_data_file=data, nepochs=args.epochs,
-                              batch_size=args.batch_size, n_groups=args.n_groups, output_dir=out)
+    model, training = _train_configs(args, scan.N, data, out)
     execution = _execution(args.device, seed=args.seed, precision=args.precision)
     scan.validate(N=model.N, gridsize=model.gridsize, neighbor_count=training.neighbor_count)
     reason = _describe_device(execution)
@@ -276,8 +329,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .workflows.engine import train_model
 
     print(f"training {args.mode} on {scan.num_positions} patterns of {scan.N}x{scan.N} from "
-          f"{data}: gridsize {args.gridsize}, {args.epochs} epochs, batch {args.batch_size}; "
-          f"{reason}", flush=True)
+          f"{data}: gridsize {args.gridsize}, {args.epochs} epochs, batch {args.batch_size}, "
+          f"learning rate {training.learning_rate:g} ({training.scheduler}); {reason}",
+          flush=True)
     printer = _EpochPrinter()
     bundle = train_model(scan, training, execution, on_epoch=printer)
     seconds = time.perf_counter() - printer.start
@@ -532,6 +586,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "positions": args.positions, "epochs": args.epochs, "gridsize": args.gridsize,
             "seed": args.seed, "N": 64, "photons_per_pattern": DEMO_PHOTONS,
             "n_filters_scale": model.n_filters_scale, "batch_size": training.batch_size,
+            "border_activation": model.border_activation, "object_init": model.object_init,
+            "learning_rate": training.learning_rate, "scheduler": training.scheduler,
             "device": reason,
         },
         "history": {"train_loss": bundle.history.get("train_loss", []),
@@ -547,13 +603,52 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def _inference_default(field_name: str) -> Any:
-    """InferenceConfig's default of ``field_name`` (config imports no torch)."""
+def _config_default(config_name: str, field_name: str) -> Any:
+    """The default of ``<config_name>.<field_name>`` in config.py (which imports no torch)."""
     import dataclasses
 
-    from .config import InferenceConfig
+    from . import config
 
-    return next(f.default for f in dataclasses.fields(InferenceConfig) if f.name == field_name)
+    cls = getattr(config, config_name)
+    return next(f.default for f in dataclasses.fields(cls) if f.name == field_name)
+
+
+def _inference_default(field_name: str) -> Any:
+    """InferenceConfig's default of ``field_name``."""
+    return _config_default("InferenceConfig", field_name)
+
+
+def _add_learning_options(train: argparse.ArgumentParser) -> None:
+    """``train``'s learning-rate and network-start options (choices and defaults: config.py)."""
+    from .config import BORDER_ACTIVATIONS, OBJECT_INITS, SCHEDULERS
+
+    def default(name: str, config: str = "TrainingConfig") -> Any:
+        return _config_default(config, name)
+
+    train.add_argument("--learning-rate", type=_positive_float, metavar="X",
+                       default=default("learning_rate"),
+                       help=f"optimiser learning rate (default: {default('learning_rate'):g})")
+    train.add_argument("--scheduler", choices=SCHEDULERS, default=default("scheduler"),
+                       help="learning-rate schedule: Default = constant, Exponential = x0.95 "
+                            "per epoch, WarmupCosine = linear warm-up then cosine decay, "
+                            "ReduceLROnPlateau = reduce when the validation loss stalls "
+                            f"(default: {default('scheduler')})")
+    train.add_argument("--lr-warmup-epochs", type=_non_negative_int, default=None, metavar="N",
+                       help="WarmupCosine only: epochs of linear warm-up to the learning rate "
+                            f"(default: {default('lr_warmup_epochs')})")
+    train.add_argument("--lr-min-ratio", type=_unit_fraction, default=None, metavar="X",
+                       help="WarmupCosine only: final learning rate as a fraction of "
+                            f"--learning-rate, 0 to 1 (default: {default('lr_min_ratio')})")
+    train.add_argument("--border-activation", choices=BORDER_ACTIVATIONS,
+                       default=default("border_activation", "ModelConfig"),
+                       help="activation of the border path outside the central N/2 square: "
+                            "head = the central path's own, swish = PtychoPINN's SiLU "
+                            f"(default: {default('border_activation', 'ModelConfig')})")
+    train.add_argument("--object-init", choices=OBJECT_INITS,
+                       default=default("object_init", "ModelConfig"),
+                       help="the untrained network's prediction: flat = uniform object, zero "
+                            "phase; random = Glorot-initialised output layers as PtychoPINN "
+                            f"(default: {default('object_init', 'ModelConfig')})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -595,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="network width multiplier (default: 2)")
     train.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
                        help="default: 32-true")
+    _add_learning_options(train)
     train.set_defaults(func=_cmd_train)
 
     rec = sub.add_parser("reconstruct", help="reconstruct the object of a scan with a model")

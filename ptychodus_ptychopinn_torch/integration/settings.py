@@ -24,7 +24,9 @@ from ptychodus.api.settings import SettingsRegistry
 from ..config import (
     ACCELERATORS,
     AMP_ACTIVATIONS,
+    BORDER_ACTIVATIONS,
     LOSS_MODES,
+    OBJECT_INITS,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULERS,
@@ -108,13 +110,23 @@ SETTINGS: tuple[SettingSpec, ...] = (
        "Output activation of the amplitude head.", AMP_ACTIVATIONS),
     _s("Model", "gaussian_smoothing_sigma", 0.0, "model.gaussian_smoothing_sigma",
        "Smoothing Sigma [px]:", "Gaussian smoothing of the predicted object, 0 = off (0 to 10)."),
+    _s("Model", "border_activation", _default(ModelConfig, "border_activation"),
+       "model.border_activation", "Border Activation:",
+       "Output activation of the probe_big border path (outside the central N/2 square): "
+       "head = the central path's own (amplitude activation, pi*tanh phase); swish = "
+       "PtychoPINN's SiLU, whose phase cannot go below -0.28 rad.", BORDER_ACTIVATIONS),
+    _s("Model", "object_init", _default(ModelConfig, "object_init"), "model.object_init",
+       "Initial Object:",
+       "The untrained network's prediction: flat = the uniform object of the implied amplitude "
+       "with zero phase (as iterative solvers start); random = Glorot-initialised output "
+       "layers (PtychoPINN).", OBJECT_INITS),
     # Training (also used when Reconstruct fits the PINN to the scan with no model loaded)
     _s("Training", "nepochs", 50, "training.nepochs", "Epochs:",
        "Training epochs; also the epochs of a fit when reconstructing without a model."),
     _s("Training", "batch_size", 16, "training.batch_size", "Batch Size:",
        "Groups per optimisation step."),
-    _s("Training", "learning_rate", 1e-3, "training.learning_rate", "Learning Rate:",
-       "Optimiser learning rate."),
+    _s("Training", "learning_rate", _default(TrainingConfig, "learning_rate"),
+       "training.learning_rate", "Learning Rate:", "Optimiser learning rate."),
     _s("Training", "nphotons", 0.0, "training.nphotons", "Photons per Pattern:",
        "Mean total counts per pattern; 0 = measured from the data.", zero_means="from data"),
     _s("Training", "n_groups", 0, "training.n_groups", "Groups:",
@@ -135,8 +147,22 @@ SETTINGS: tuple[SettingSpec, ...] = (
        "Optimisation algorithm.", OPTIMIZERS),
     _s("Training", "weight_decay", 0.0, "training.weight_decay", "Weight Decay:",
        "L2 weight decay (0 to 1)."),
-    _s("Training", "scheduler", "ReduceLROnPlateau", "training.scheduler", "LR Scheduler:",
-       "Learning-rate schedule.", SCHEDULERS),
+    _s("Training", "scheduler", _default(TrainingConfig, "scheduler"), "training.scheduler",
+       "LR Scheduler:",
+       "Learning-rate schedule: Default = constant; Exponential = times 0.95 each epoch; "
+       "WarmupCosine = linear warm-up for lr_warmup_epochs, then cosine decay to lr_min_ratio "
+       "times the learning rate (updated every step); ReduceLROnPlateau = times "
+       f"{_default(TrainingConfig, 'plateau_factor')} when the validation loss has not "
+       f"improved for more than {_default(TrainingConfig, 'plateau_patience')} epochs (down "
+       f"to {_default(TrainingConfig, 'plateau_min_lr'):g}).", SCHEDULERS),
+    _s("Training", "lr_warmup_epochs", _default(TrainingConfig, "lr_warmup_epochs"),
+       "training.lr_warmup_epochs", "LR Warm-up Epochs:",
+       "WarmupCosine only: epochs of linear warm-up to the learning rate before the cosine "
+       "decay; 0 = none."),
+    _s("Training", "lr_min_ratio", _default(TrainingConfig, "lr_min_ratio"),
+       "training.lr_min_ratio", "LR Final Ratio:",
+       "WarmupCosine only: the learning rate at the end of the cosine decay, as a fraction "
+       "of the learning rate (0 to 1)."),
     _s("Training", "gradient_clip_val", 0.0, "training.gradient_clip_val", "Gradient Clip:",
        "Gradient clipping threshold; 0 = off.", zero_means="off"),
     _s("Training", "validation_fraction", 0.05, "training.validation_fraction",

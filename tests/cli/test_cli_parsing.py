@@ -35,6 +35,66 @@ def test_train_defaults_and_options():
         7, "supervised", 1, "bf16-mixed")
 
 
+def test_train_learning_and_network_start_options_map_to_config_fields():
+    from ptychodus_ptychopinn_torch.config import (
+        BORDER_ACTIVATIONS,
+        OBJECT_INITS,
+        ModelConfig,
+        TrainingConfig,
+    )
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "d", "--out", "o"])
+    model, training = cli._train_configs(args, 64)
+    default_model, default_training = ModelConfig(), TrainingConfig()
+    for name in ("border_activation", "object_init"):
+        assert getattr(model, name) == getattr(default_model, name), name
+    for name in ("learning_rate", "scheduler", "lr_warmup_epochs", "lr_min_ratio"):
+        assert getattr(training, name) == getattr(default_training, name), name
+    assert training.model is model and (model.N, training.nepochs) == (64, 50)
+
+    border = next(c for c in BORDER_ACTIVATIONS if c != default_model.border_activation)
+    init = next(c for c in OBJECT_INITS if c != default_model.object_init)
+    args = parser.parse_args([
+        "train", "d", "--out", "o", "--learning-rate", "2e-4", "--scheduler", "WarmupCosine",
+        "--lr-warmup-epochs", "3", "--lr-min-ratio", "0.05", "--border-activation", border,
+        "--object-init", init,
+    ])
+    model, training = cli._train_configs(args, 128)
+    assert (model.N, model.border_activation, model.object_init) == (128, border, init)
+    assert (training.learning_rate, training.scheduler, training.lr_warmup_epochs,
+            training.lr_min_ratio) == (2e-4, "WarmupCosine", 3, 0.05)
+    for scheduler in ("Default", "Exponential", "ReduceLROnPlateau"):
+        args = parser.parse_args(["train", "d", "--out", "o", "--scheduler", scheduler])
+        assert cli._train_configs(args, 64)[1].scheduler == scheduler
+
+
+def test_train_help_names_the_choices_and_dataclass_defaults(capsys):
+    from ptychodus_ptychopinn_torch.config import SCHEDULERS, ModelConfig, TrainingConfig
+
+    assert cli.main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--learning-rate", "--scheduler", "--lr-warmup-epochs", "--lr-min-ratio",
+                 "--border-activation", "--object-init"):
+        assert flag in text
+    assert "{" + ",".join(SCHEDULERS) + "}" in text
+    assert f"(default: {TrainingConfig().scheduler})" in text
+    assert f"(default: {ModelConfig().border_activation})" in text
+    assert f"(default: {ModelConfig().object_init})" in text
+
+
+@pytest.mark.parametrize(("flags", "wrong"), [
+    (["--lr-warmup-epochs", "2"], "--lr-warmup-epochs"),
+    (["--lr-min-ratio", "0.5", "--scheduler", "Exponential"], "--lr-min-ratio"),
+])
+def test_warmup_cosine_options_without_that_scheduler_are_an_error(flags, wrong, tmp_path,
+                                                                    capsys):
+    missing = tmp_path / "no-such-data.npz"  # the check comes before the data are read
+    assert cli.main(["train", str(missing), "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert wrong in err and "--scheduler WarmupCosine" in err and "no-such-data" not in err
+
+
 def test_reconstruct_and_demo_options():
     parser = cli.build_parser()
     args = parser.parse_args(["reconstruct", "d", "--model", "m.ckpt", "--out", "o.npz",
@@ -77,6 +137,27 @@ def test_reconstruct_and_demo_options():
 def test_usage_errors_exit_2(argv, capsys):
     assert cli.main(argv) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--border-activation", "tanh"], "invalid choice: 'tanh'"),
+        (["--object-init", "zeros"], "invalid choice: 'zeros'"),
+        (["--scheduler", "Cosine"], "invalid choice: 'Cosine'"),
+        (["--learning-rate", "0"], "expected a positive number, got '0'"),
+        (["--learning-rate", "fast"], "expected a positive number, got 'fast'"),
+        (["--learning-rate", "nan"], "expected a positive number, got 'nan'"),
+        (["--lr-warmup-epochs", "-1"], "expected a non-negative integer, got '-1'"),
+        (["--lr-warmup-epochs", "1.5"], "expected a non-negative integer, got '1.5'"),
+        (["--lr-min-ratio", "1.5"], "expected a number from 0 to 1, got '1.5'"),
+        (["--lr-min-ratio", "-0.1"], "expected a number from 0 to 1, got '-0.1'"),
+    ],
+)
+def test_bad_train_option_values_are_usage_errors(flags, message, capsys):
+    assert cli.main(["train", "d", "--out", "o", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and flags[0] in err and message in err
 
 
 def test_help_exits_0(capsys):

@@ -150,3 +150,35 @@ def test_gui_select_configure_train_and_infer(qtbot, scan_dir, tiny_scan):
         assert after.shape == before.shape and not numpy.allclose(after, before)
         for lib in model.processing_core.algorithm_parameter._libraries:
             lib.get_logger().removeHandler(monitor.get_log_handler())
+
+
+def test_page_edits_the_convergence_settings(qtbot):
+    """Fast: choice settings are combo boxes offering config.py's choices; numbers are edits."""
+    from PyQt5.QtWidgets import QComboBox, QLineEdit
+    from ptychodus.api.settings import SettingsRegistry
+
+    from ptychodus_ptychopinn_torch.config import BORDER_ACTIVATIONS, OBJECT_INITS, SCHEDULERS
+    from ptychodus_ptychopinn_torch.integration.library import create_library
+
+    library = create_library(SettingsRegistry(), False)
+    page = library.create_view_controller_factory().create_view_controller("PINN")
+    qtbot.addWidget(page)
+
+    for label, (group, key), choices, value in [
+        ("Border Activation:", ("Model", "border_activation"), BORDER_ACTIVATIONS, "swish"),
+        ("Initial Object:", ("Model", "object_init"), OBJECT_INITS, "random"),
+        ("LR Scheduler:", ("Training", "scheduler"), SCHEDULERS, "WarmupCosine"),
+    ]:
+        combo = _form_field(page, label)
+        assert isinstance(combo, QComboBox), label
+        assert [combo.itemText(i) for i in range(combo.count())] == list(choices)
+        assert combo.currentText() == library.settings.value(group, key)
+        combo.setCurrentText(value)
+        combo.textActivated.emit(value)
+        assert library.settings.value(group, key) == value
+
+    _set_line_edit(_form_field(page, "LR Warm-up Epochs:"), "3")
+    ratio = _form_field(page, "LR Final Ratio:")  # a DecimalLineEdit wrapping a QLineEdit
+    _set_line_edit(ratio.findChild(QLineEdit), "0.25")
+    assert library.settings.value("Training", "lr_warmup_epochs") == 3
+    assert library.settings.value("Training", "lr_min_ratio") == 0.25
