@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import re
+import subprocess
 import threading
 import time
 import warnings
@@ -515,6 +516,56 @@ def gpu_spec_tflops(device: torch.device) -> dict[str, float] | None:
         if key in name:
             return spec
     return None
+
+
+# ----------------------------------------------------------------------------- pty-chi
+PTYCHI_PYTHON = REPO / ".venv-ptychi" / "bin" / "python"
+PTYCHI_DRIVER = REPO / "benchmarks" / "ptychi_driver.py"
+PTYCHI_SETUP = ('python3 -m venv .venv-ptychi && .venv-ptychi/bin/pip install torch==2.13.0 && '
+                '.venv-ptychi/bin/pip install "ptychi==2.1.*" "torch==2.13.0" "torchvision==0.28.*"')
+
+
+def ptychi_missing(python: Path) -> str | None:
+    """Why pty-chi cannot run (no environment at ``python``), or None."""
+    if Path(python).exists():
+        return None
+    return f"no pty-chi environment at {python}; create it from the repository root with: {PTYCHI_SETUP}"
+
+
+def write_ptychi_scan(path: Path, sim: Any, scan: ScanData) -> Path:
+    """The input NPZ of ``benchmarks/ptychi_driver.py`` for a `simulate_scan` result and its `ScanData`."""
+    pixel = sim.product.object_.get_pixel_geometry()
+    np.savez(path, patterns=np.asarray(sim.reconstruct_input.diffraction_patterns, dtype=np.float32),
+             probe=scan.probe, positions_px=scan.positions_px, object_shape=np.asarray(scan.object_shape),
+             pixel_size_m=pixel.width_m, wavelength_m=sim.product.metadata.photon_wavelength_m)
+    return path
+
+
+def run_ptychi_driver(npz: Path, out: Path, python: Path, device: torch.device, *, epochs: int,
+                      snapshots: list[int] | tuple[int, ...] = (), snapshot_seconds: list[float] | tuple[float, ...] = (),
+                      until_seconds: float | None = None, timeout: float = 3600.0) -> dict[str, Any]:
+    """Run pty-chi LSQML in its own environment; return the driver's JSON summary.
+
+    The snapshots and timings are in the NPZ ``out`` (see the driver's docstring). Raises
+    ``RuntimeError`` with the tail of its output when the driver fails.
+    """
+    cmd = [str(python), str(PTYCHI_DRIVER), "--scan", str(npz), "--out", str(out), "--epochs", str(epochs),
+           "--snapshots", ",".join(str(int(e)) for e in snapshots), "--device", device.type,
+           "--threads", str(torch.get_num_threads())]
+    if snapshot_seconds:
+        cmd += ["--snapshot-seconds", ",".join(f"{float(t):.3f}" for t in snapshot_seconds)]
+    if until_seconds is not None:
+        cmd += ["--until-seconds", f"{float(until_seconds):.3f}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+        raise RuntimeError("pty-chi driver failed: " + " | ".join(tail))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
 
 
 # ----------------------------------------------------------------------------- output

@@ -11,6 +11,11 @@ Input NPZ (``--scan``):
     object_shape  (2,) int (H, W)
     pixel_size_m, wavelength_m  float scalars
 
+Run length: ``--epochs`` epochs, or with ``--until-seconds S`` as many more as it takes for the
+reconstruction clock to reach S (at most ``--max-epochs``). Snapshots: after each epoch listed in
+``--snapshots``, after the first epoch whose clock reaches each of ``--snapshot-seconds``, and
+after the last epoch.
+
 Output NPZ (``--out``):
     epochs        (K,) int, the epochs after which the object was snapshotted
     seconds       (K,) float, reconstruction seconds up to that epoch (task set-up included,
@@ -105,8 +110,15 @@ def run_lsqml(
     snapshot_epochs: list[int],
     device: str,
     threads: int | None,
+    snapshot_seconds: list[float] | None = None,
+    until_seconds: float | None = None,
+    max_epochs: int = 20_000,
 ) -> dict[str, object]:
-    """Reconstruct with LSQML (fixed probe, fixed positions) and return snapshots and timings."""
+    """Reconstruct with LSQML (fixed probe, fixed positions) and return snapshots and timings.
+
+    Runs ``epochs`` epochs, or longer (up to ``max_epochs``) until the clock reaches
+    ``until_seconds``; snapshots follow ``snapshot_epochs``, ``snapshot_seconds`` and the last epoch.
+    """
     _install_torchvision_stub()
     import ptychi.api as api
     from ptychi.api.task import PtychographyTask
@@ -140,7 +152,8 @@ def run_lsqml(
         api.Devices.GPU if device == "cuda" else api.Devices.CPU
     )
 
-    snapshots = sorted({e for e in snapshot_epochs if 1 <= e <= epochs} | {epochs})
+    marks = {e for e in snapshot_epochs if e >= 1}
+    pending = sorted(float(t) for t in (snapshot_seconds or []))
     start = time.perf_counter()
     task = PtychographyTask(
         options,
@@ -154,22 +167,34 @@ def run_lsqml(
     elapsed = setup
     epoch_seconds: list[float] = []
     objects, seconds, done = [], [], 0
+    snapshots: list[int] = []
+
+    def running() -> bool:
+        if done < epochs:
+            return True
+        return until_seconds is not None and elapsed < until_seconds and done < max_epochs
+
     with task:
-        for target in snapshots:
-            while done < target:
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                task.run(1)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                dt = time.perf_counter() - t0
-                epoch_seconds.append(dt)
-                elapsed += dt
-                done += 1
-            obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))
-            objects.append(obj.reshape(-1, height, width)[0].astype(np.complex64))
-            seconds.append(elapsed)
+        while running():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            task.run(1)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            epoch_seconds.append(dt)
+            elapsed += dt
+            done += 1
+            take = done in marks or not running()
+            while pending and elapsed >= pending[0]:
+                pending.pop(0)
+                take = True
+            if take:
+                obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))
+                objects.append(obj.reshape(-1, height, width)[0].astype(np.complex64))
+                seconds.append(elapsed)
+                snapshots.append(done)
         losses = task.reconstructor.loss_tracker.table["loss"].to_numpy().astype(np.float64)
     return {
         "epochs": np.asarray(snapshots, dtype=np.int64),
@@ -188,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--snapshots", default="", help="comma-separated epochs to snapshot the object at")
+    parser.add_argument("--snapshot-seconds", default="",
+                        help="comma-separated clock times: snapshot after the first epoch reaching each")
+    parser.add_argument("--until-seconds", type=float, default=None,
+                        help="run past --epochs until the reconstruction clock reaches this many seconds")
+    parser.add_argument("--max-epochs", type=int, default=20_000, help="cap on epochs with --until-seconds")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -198,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_lsqml(
         scan, epochs=args.epochs, batch_size=args.batch_size, snapshot_epochs=snapshot_epochs,
         device=args.device, threads=args.threads,
+        snapshot_seconds=[float(t) for t in args.snapshot_seconds.split(",") if t.strip()],
+        until_seconds=args.until_seconds, max_epochs=args.max_epochs,
     )
     import ptychi
 

@@ -45,10 +45,9 @@ import harness as h  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-PTYCHI_PYTHON = h.REPO / ".venv-ptychi" / "bin" / "python"
-PTYCHI_DRIVER = Path(__file__).resolve().parent / "ptychi_driver.py"
-PTYCHI_SETUP = ('python3 -m venv .venv-ptychi && .venv-ptychi/bin/pip install torch==2.13.0 && '
-                '.venv-ptychi/bin/pip install "ptychi==2.1.*" "torch==2.13.0" "torchvision==0.28.*"')
+PTYCHI_PYTHON = h.PTYCHI_PYTHON
+PTYCHI_DRIVER = h.PTYCHI_DRIVER
+PTYCHI_SETUP = h.PTYCHI_SETUP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,23 +292,14 @@ def _snapshot_epochs(epochs: int) -> list[int]:
 
 
 def run_ptychi_driver(npz: Path, out: Path, epochs: int, python: Path, device: torch.device) -> dict[str, Any]:
-    cmd = [str(python), str(PTYCHI_DRIVER), "--scan", str(npz), "--out", str(out), "--epochs", str(epochs),
-           "--snapshots", ",".join(str(e) for e in _snapshot_epochs(epochs)), "--device", device.type,
-           "--threads", str(torch.get_num_threads())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
-        raise RuntimeError("pty-chi driver failed: " + " | ".join(tail))
-    import json
-
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return h.run_ptychi_driver(npz, out, python, device, epochs=epochs, snapshots=_snapshot_epochs(epochs))
 
 
 def compare_ptychi(plan: Plan, device: torch.device, python: Path, *, pretrained: Path | None = None) -> dict[str, Any]:
     """Time to the same phase SSIM: PINN inference (pretrained), PINN fit, pty-chi LSQML."""
-    if not python.exists():
-        return {"status": "unavailable",
-                "reason": f"no pty-chi environment at {python}; create it from the repository root with: {PTYCHI_SETUP}"}
+    missing = h.ptychi_missing(python)
+    if missing:
+        return {"status": "unavailable", "reason": missing}
     from ptychodus_ptychopinn_torch import workflows  # noqa: F401
     from ptychodus_ptychopinn_torch.checkpoint import ModelBundle
     from ptychodus_ptychopinn_torch.config import InferenceConfig
@@ -330,16 +320,12 @@ def compare_ptychi(plan: Plan, device: torch.device, python: Path, *, pretrained
     # pty-chi LSQML, in its own environment.
     with tempfile.TemporaryDirectory() as tmp:
         npz, out = Path(tmp) / "scan.npz", Path(tmp) / "ptychi.npz"
-        pixel = sim.product.object_.get_pixel_geometry()
-        np.savez(npz, patterns=np.asarray(sim.reconstruct_input.diffraction_patterns, dtype=np.float32),
-                 probe=scan.probe, positions_px=scan.positions_px, object_shape=np.asarray(scan.object_shape),
-                 pixel_size_m=pixel.width_m, wavelength_m=sim.product.metadata.photon_wavelength_m)
+        h.write_ptychi_scan(npz, sim, scan)
         try:
             summary = run_ptychi_driver(npz, out, plan.ptychi_epochs, python, device)
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
             return {"status": "unavailable", "reason": str(exc)}
-        with np.load(out) as data:
-            ptychi = {k: data[k] for k in data.files}
+        ptychi = h.load_npz(out)
     curve = []
     for epoch, seconds, obj in zip(ptychi["epochs"], ptychi["seconds"], ptychi["objects"]):
         curve.append({"epoch": int(epoch), "seconds": float(seconds), **_ssim(obj, sim.product)})

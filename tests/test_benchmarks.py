@@ -106,3 +106,67 @@ def test_missing_ptychi_environment_is_reported(tmp_path):
     plan = suite.make_plan(True, torch.device("cpu"))
     result = suite.compare_ptychi(plan, torch.device("cpu"), tmp_path / "no-such-python")
     assert result["status"] == "unavailable" and "venv" in result["reason"]
+
+
+def _realistic_module():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import realistic
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return realistic
+
+
+def test_realistic_cases_fixture():
+    """The case file holds what the suite promises: photograph pairs at 10^5 photons, a weak-phase
+    case, low-dose cases, 1024 positions, and pretrained entries naming existing cases."""
+    realistic = _realistic_module()
+    cases, transfers = realistic.load_cases(realistic.CASES_FILE, quick=False)
+    photos = [c for c in cases.values() if c.obj.startswith("photo:")]
+    assert len({c.obj for c in photos if c.photons_per_pattern == 1e5 and "@" not in c.obj}) >= 4
+    assert any("@0.3" in c.obj for c in photos)
+    assert sum(c.photons_per_pattern == 1e3 for c in cases.values()) >= 2
+    for case in cases.values():
+        assert case.num_positions == 1024 and case.N == 64 and case.probe == "structured"
+        assert case.nepochs * case.steps_per_epoch <= case.max_steps
+        assert case.match_passes in case.refine_passes
+        case.training_config()  # valid TrainingConfig
+    assert transfers
+    chosen, chosen_transfers = realistic.select(cases, transfers, [next(iter(transfers))])
+    assert len(chosen) == 2 and chosen_transfers == [next(iter(transfers))]
+    quick, _ = realistic.load_cases(realistic.CASES_FILE, quick=True)
+    assert all(c.num_positions == 128 and c.nepochs <= 2 for c in quick.values())
+
+
+@pytest.mark.slow
+def test_realistic_quick(tmp_path):
+    doc_file = REPO / "docs" / "performance.md"
+    before = doc_file.stat().st_mtime if doc_file.exists() else None
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "realistic.py"), "--quick", "--cases", "brick-gravel", "--no-ptychi",
+         "--no-doc", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "realistic-cpu-quick.json").read_text())
+    assert doc["benchmark"] == "realistic" and doc["quick"] is True and doc["partial"] is False
+    assert list(doc["cases"]) == ["brick-gravel"]
+    case = doc["cases"]["brick-gravel"]
+    assert len(case["load_average_before"]) == 3 and len(case["load_average_after"]) == 3
+    training = case["network"]["training"]
+    assert len(training["curve"]) == training["epochs_run"] >= 1
+    excess = case["network"]["excess"]
+    assert excess["units_agree"] is True, excess
+    assert [r["passes"] for r in case["network_refined"]] == [r["passes"] for r in case["flat_refined"]] == [2, 5]
+    assert case["ptychi"]["status"] == "skipped"
+    entries = [case["network"], *case["network_refined"], *case["flat_refined"]]
+    for entry in entries:
+        assert math.isfinite(entry["seconds"]) and entry["seconds"] > 0
+        for key in ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "frc_1_7_px"):
+            assert entry["metrics"][key] is not None and math.isfinite(entry["metrics"][key]), key
+        assert -1.0 <= entry["metrics"]["amplitude_ssim"] <= 1.0
+    # refinement lowers the stitched network object's NLL
+    assert case["network_refined"][-1]["excess_nll"] < case["network"]["excess_nll"]
+    assert (tmp_path / "realistic-images" / "brick-gravel.png").stat().st_size > 10_000
+    if before is not None:
+        assert doc_file.stat().st_mtime == before  # --no-doc leaves the docs alone
