@@ -124,3 +124,26 @@ def test_read_model_configs_without_building_the_network(tmp_path):
     path = save_model(make_bundle(gridsize=2), tmp_path / "m.ckpt")
     training, constants = checkpoint.read_model_configs(path)
     assert training.model.gridsize == 2 and constants["N"] == 64
+
+
+def test_files_from_before_the_convergence_fields_keep_their_swish_borders(tmp_path):
+    """A model saved before border_activation/object_init existed was trained with PtychoPINN's
+    swish border path; loading it must rebuild that network, not today's default."""
+    torch.manual_seed(0)
+    training = TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1, border_activation="swish",
+                                                object_init="random"))
+    constants = PhysicsConstants(N=64, kappa=1.0, nphotons=1e4, intensity_scale=1.0, probe_factor=1.0,
+                                 amp_max=2.0, canvas_size=64)
+    probe = np.ones((64, 64), np.complex64)
+    bundle = ModelBundle(network=build_model(training, constants, probe), training_config=training,
+                         constants=constants, probe=probe, history={}, provenance={})
+    path = save_model(bundle, tmp_path / "old.ckpt")
+    payload = torch.load(path, weights_only=True)
+    for name in ("border_activation", "object_init"):
+        del payload["training_config"]["model"][name]
+    torch.save(payload, path)
+    loaded = load_model(path)
+    assert loaded.model_config.border_activation == "swish"
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.network.predict_object(x), bundle.network.predict_object(x))

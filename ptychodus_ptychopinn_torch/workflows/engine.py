@@ -421,8 +421,9 @@ def refine_reconstruction(
                                on_pass=on_pass, on_batch=on_batch, should_stop=should_stop)
     except RefinementCancelled as exc:
         raise TrainingCancelled(str(exc)) from None
-    final_loss = result.losses[-1] if result.losses and not result.stopped_early else None
-    if final_loss is None:
+    # The pass losses are measured while the object changes; score the returned object itself.
+    final_loss = result.initial_loss
+    if result.passes_run:
         final_loss = negative_log_likelihood(torch.as_tensor(result.object), torch.as_tensor(result.probe),
                                              data, device=device)
     summary = RefinementSummary(
