@@ -40,6 +40,7 @@ DEMO_EPOCHS = 40
 DEMO_BATCH_SIZE = 4
 DEMO_FILTER_SCALE = 1
 DEMO_PHOTONS = 1e5
+DEMO_OBJECT = "photo:brick/gravel"
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -457,58 +458,84 @@ def _display_standardized(obj: Any, truth: Any, coverage: Any) -> Any:
     return np.where(shown_mask, shown, np.nan)
 
 
-def _plot_demo(path: Path, truth: Any, reconstruction: Any, bundle: Any, metrics: dict) -> None:
+def _plot_demo(path: Path, truth: Any, reconstruction: Any, bundle: Any, metrics: dict,
+               network_metrics: dict) -> None:
+    """Truth, network output and refined object side by side (amplitude and phase rows), the
+    loss curves (training epochs, then refinement passes) and both sets of scores."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    shown = _display_standardized(reconstruction.object, truth, reconstruction.coverage)
-    truth_shown = np.where(np.isfinite(shown), truth, np.nan)  # the same (scanned) area
+    network = reconstruction.network_object if reconstruction.network_object is not None \
+        else reconstruction.object
+    refined = _display_standardized(reconstruction.object, truth, reconstruction.coverage)
+    net_shown = np.where(np.isfinite(refined), _display_standardized(network, truth, reconstruction.coverage),
+                         np.nan)
+    truth_shown = np.where(np.isfinite(refined), truth, np.nan)  # the same (scanned) area
     amp_range = (float(np.min(np.abs(truth))), float(np.max(np.abs(truth))))
     phase_range = (float(np.min(np.angle(truth))), float(np.max(np.angle(truth))))
-    fig, axes = plt.subplots(2, 3, figsize=(13, 8), constrained_layout=True)
-    panels = [
-        (axes[0, 0], np.abs(truth_shown), "true amplitude", amp_range, "gray"),
-        (axes[0, 1], np.abs(shown), "reconstructed amplitude", amp_range, "gray"),
-        (axes[1, 0], np.angle(truth_shown), "true phase (rad)", phase_range, "twilight"),
-        (axes[1, 1], np.angle(shown), "reconstructed phase (rad)", phase_range, "twilight"),
+    passes = reconstruction.refinement.passes_run if reconstruction.refinement is not None else 0
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8), constrained_layout=True)
+    columns = [
+        (truth_shown, "truth", None),
+        (net_shown, "network", network_metrics),
+        (refined, f"network + {passes} refinement passes", metrics),
     ]
-    for ax, image, title, (lo, hi), cmap in panels:
-        handle = ax.imshow(image, vmin=lo, vmax=hi, cmap=cmap)
-        ax.set_title(title)
-        ax.set_axis_off()
-        fig.colorbar(handle, ax=ax, shrink=0.8)
+    for col, (image, name, scores) in enumerate(columns):
+        for row, (part, label, (lo, hi), cmap, key) in enumerate((
+                (np.abs, "amplitude", amp_range, "gray", "amplitude_ssim"),
+                (np.angle, "phase (rad)", phase_range, "twilight", "phase_ssim"))):
+            ax = axes[row, col]
+            handle = ax.imshow(part(image), vmin=lo, vmax=hi, cmap=cmap)
+            title = f"{name}: {label}"
+            if scores is not None:
+                title += f"\nSSIM {scores[key]:.3f}"
+            ax.set_title(title)
+            ax.set_axis_off()
+            fig.colorbar(handle, ax=ax, shrink=0.8)
 
-    ax = axes[0, 2]
+    ax = axes[0, 3]
     train = bundle.history.get("train_loss", [])
     val = bundle.history.get("val_loss", [])
     if train:
-        ax.plot(range(1, len(train) + 1), train, "o-", label="train")
+        ax.plot(range(1, len(train) + 1), train, "o-", label="training (per epoch)")
     if val:
         ax.plot(range(1, len(val) + 1), val, "s--", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("training loss")
-    ax.legend()
+    if reconstruction.refinement is not None and reconstruction.refinement.losses:
+        losses = reconstruction.refinement.losses
+        x0 = len(train) + 1
+        ax.plot(np.linspace(x0, x0 + 2, len(losses)), losses, "-", label=f"refinement ({len(losses)} passes)")
+        ax.axhline(reconstruction.refinement.flat_loss, color="gray", ls=":", label="flat object")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch (refinement passes squeezed after the last epoch)")
+    ax.set_ylabel("Poisson NLL per pixel")
+    ax.set_title("losses")
+    ax.legend(fontsize=8)
 
-    ax = axes[1, 2]
+    ax = axes[1, 3]
     ax.set_axis_off()
+
+    def row(name: str, key: str, fmt: str) -> str:
+        return f"{name:<16}{network_metrics[key]:{fmt}}   {metrics[key]:{fmt}}"
+
     lines = [
-        f"amplitude SSIM  {metrics['amplitude_ssim']:.3f}  (flat object {metrics['flat_amplitude_ssim']:.3f})",
-        f"phase SSIM      {metrics['phase_ssim']:.3f}  (flat object {metrics['flat_phase_ssim']:.3f})",
-        f"amplitude PSNR  {metrics['amplitude_psnr']:.2f} dB",
-        f"phase PSNR      {metrics['phase_psnr']:.2f} dB",
-        f"FRC half-bit    {metrics['frc_half_bit_px']:.1f} px",
-        f"FRC 1/7         {metrics['frc_1_7_px']:.1f} px",
+        f"{'':<16}{'network':>7}   {'refined':>7}",
+        row("amplitude SSIM", "amplitude_ssim", "7.3f"),
+        row("phase SSIM", "phase_ssim", "7.3f"),
+        row("amplitude PSNR", "amplitude_psnr", "7.2f"),
+        row("phase PSNR", "phase_psnr", "7.2f"),
+        row("FRC AUC", "frc_auc", "7.3f"),
+        f"flat object: amplitude SSIM {metrics['flat_amplitude_ssim']:.3f}, "
+        f"phase {metrics['flat_phase_ssim']:.3f}",
         "",
         "scored: scanned area only, after removing",
         "scale, phase offset/ramp and sub-pixel shift;",
         "shown: global scale and phase offset removed",
     ]
     ax.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=10)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -537,9 +564,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .simulate import simulate_scan
 
     print(f"simulating {args.positions} positions (N=64, {DEMO_PHOTONS:.0e} photons per "
-          f"pattern, seed {args.seed})", flush=True)
+          f"pattern, object {args.object}, seed {args.seed})", flush=True)
     simulated = simulate_scan(num_positions=args.positions, N=64, seed=args.seed,
-                              photons_per_pattern=DEMO_PHOTONS)
+                              photons_per_pattern=DEMO_PHOTONS, obj=args.object)
     scan = scan_from_reconstruct_input(simulated.reconstruct_input)
     timings["simulate"] = time.perf_counter() - start
 
@@ -558,33 +585,51 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     bundle = train_model(scan, training, execution, on_epoch=printer)
     timings["train"] = time.perf_counter() - printer.start
 
+    from .config import InferenceConfig
+
     tic = time.perf_counter()
     printed: list[str] = []
+    inference = InferenceConfig(model=bundle.model_config, refine_iterations=args.refine_iterations)
     with _refinement_warnings_held(printed):
-        reconstruction = reconstruct_object(bundle, scan, None, execution)
+        reconstruction = reconstruct_object(bundle, scan, inference, execution)
         printed.extend(reconstruction.warnings)
     timings["reconstruct"] = time.perf_counter() - tic
+    if reconstruction.network_seconds is not None:
+        timings["network_inference"] = reconstruction.network_seconds
+    if reconstruction.refinement is not None:
+        timings["refinement"] = reconstruction.refinement.seconds
     print(_refinement_line(reconstruction), flush=True)
 
     tic = time.perf_counter()
     metrics = evaluate_object(reconstruction.object, simulated.product,
                               positions_px=scan.positions_px)
+    network = reconstruction.network_object if reconstruction.network_object is not None \
+        else reconstruction.object
+    network_metrics = evaluate_object(network, simulated.product, positions_px=scan.positions_px)
     timings["evaluate"] = time.perf_counter() - tic
 
     out.mkdir(parents=True, exist_ok=True)
     truth = simulated.product.object_.get_layers_flattened()
-    _plot_demo(out / "demo.png", truth, reconstruction, bundle, metrics)
+    _plot_demo(out / "demo.png", truth, reconstruction, bundle, metrics, network_metrics)
     save_model(bundle, out / MODEL_FILE_NAME)
     _write_json(out / HISTORY_FILE_NAME, _history_document(bundle, printer, timings["train"]))
     timings["total"] = time.perf_counter() - start
     verdict = _verdict(metrics)
+    summary = reconstruction.refinement
     _write_json(out / "metrics.json", {
         "metrics": metrics,
+        "network_metrics": network_metrics,
         "verdict": verdict,
+        "refinement": None if summary is None else {
+            "passes": summary.passes_run, "network_nll": summary.network_loss,
+            "final_nll": summary.final_loss, "flat_nll": summary.flat_loss,
+            "losses": summary.losses, "stopped_early": summary.stopped_early},
+        "warnings": list(reconstruction.warnings),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "settings": {
             "positions": args.positions, "epochs": args.epochs, "gridsize": args.gridsize,
-            "seed": args.seed, "N": 64, "photons_per_pattern": DEMO_PHOTONS,
+            "seed": args.seed, "N": 64, "photons_per_pattern": DEMO_PHOTONS, "object": args.object,
+            "refine_iterations": args.refine_iterations,
             "n_filters_scale": model.n_filters_scale, "batch_size": training.batch_size,
             "border_activation": model.border_activation, "object_init": model.object_init,
             "learning_rate": training.learning_rate, "scheduler": training.scheduler,
@@ -595,6 +640,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "package_version": __version__,
     })
     print()
+    print("network alone:")
+    print(format_metrics(network_metrics))
+    print(f"network + {summary.passes_run if summary else 0} refinement passes:")
     print(format_metrics(metrics, describe=True))
     print(verdict)
     print(f"wrote {out / 'demo.png'}, {out / 'metrics.json'}, {out / MODEL_FILE_NAME} "
@@ -722,6 +770,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"number of scan positions (default: {DEMO_POSITIONS})")
     demo.add_argument("--gridsize", type=_positive_int, default=1, help="default: 1")
     demo.add_argument("--seed", type=_non_negative_int, default=0, help="default: 0")
+    demo.add_argument("--object", default=DEMO_OBJECT, metavar="KIND",
+                      help="simulated object: 'textured', or 'photo:AMPLITUDE/PHASE[@MAX_RAD]' from "
+                           f"scikit-image's sample photographs (default: {DEMO_OBJECT})")
+    demo.add_argument("--refine-iterations", type=_non_negative_int,
+                      default=_inference_default("refine_iterations"),
+                      help="physics refinement passes after the network, 0 = network only "
+                           f"(default: {_inference_default('refine_iterations')})")
     device_option(demo)
     demo.set_defaults(func=_cmd_demo)
     return parser

@@ -178,3 +178,31 @@ def test_likelihood_units_match_the_poisson_loss(clean):
     lam = _counts(obj, scan.probe, data).float()
     expected = float(physics.poisson_nll(torch.sqrt(lam), torch.sqrt(data.counts)))
     assert negative_log_likelihood(obj, torch.as_tensor(scan.probe), data) == pytest.approx(expected, rel=1e-4)
+
+
+def test_fresnel_scale_is_the_hosts_propagator_factor(clean):
+    """Ptychodus's far-field propagator is the orthonormal FFT times N dx^2 / (lambda z): the
+    global factor the true object needs is exactly that, so refined objects come out as the
+    physical transmission of the product's probe."""
+    from ptychodus_ptychopinn_torch.data.io import fresnel_scale
+
+    sim, scan, data, truth = clean
+    fitted = _fit_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    assert scan.propagator_scale == pytest.approx(fresnel_scale(sim.product, 64))
+    assert scan.propagator_scale == pytest.approx(fitted, rel=1e-3)
+
+
+def test_engine_refinement_returns_the_physical_transmission(clean):
+    from ptychodus_ptychopinn_torch.config import InferenceConfig, ModelConfig
+    from ptychodus_ptychopinn_torch.workflows.engine import Reconstruction, refine_reconstruction
+
+    sim, scan, data, truth = clean
+    start = Reconstruction(object=np.full(scan.object_shape, 123.0, np.complex64),
+                           object_x_px=scan.positions_px[:, 0], object_y_px=scan.positions_px[:, 1],
+                           coverage=np.ones(scan.object_shape, np.float32), seconds=0.0)
+    result = refine_reconstruction(start, scan, InferenceConfig(model=ModelConfig(N=64), refine_iterations=15))
+    metrics = evaluate_object(result.object, sim.product)
+    assert metrics["object_scale_factor"] == pytest.approx(1.0, abs=0.05)
+    assert result.refinement.final_loss < result.refinement.network_loss
+    assert result.refinement.final_loss < result.refinement.flat_loss
+    np.testing.assert_array_equal(result.network_object, start.object)

@@ -113,6 +113,7 @@ def scan_from_reconstruct_input(ri: Any) -> ScanData:
     obj = product.object_.get_layer(0)
     amplitudes = amplitudes_from_counts(patterns, bad)
     return ScanData(
+        propagator_scale=fresnel_scale(product, amplitudes.shape[-1]),
         amplitudes=amplitudes,
         probe=probe_modes[0],
         positions_px=xy,
@@ -120,6 +121,25 @@ def scan_from_reconstruct_input(ri: Any) -> ScanData:
         object_guess=obj,
         bad_pixels=bad,
     )
+
+
+def fresnel_scale(product: Any, n: int) -> float | None:
+    """Amplitude factor of Ptychodus's far-field (Fresnel transform) propagator relative to the
+    orthonormal FFT: ``N dx^2 / (lambda z)`` with ``dx`` the object pixel, ``lambda`` the
+    wavelength and ``z`` the detector distance (measured: `tests/test_refinement.py`).
+
+    With it the refined object is the physical transmission of the product's probe, as
+    Ptychodus's own simulator and reconstructors define it. None when the product lacks the
+    geometry (then the object keeps a fitted gauge).
+    """
+    try:
+        dx = float(product.object_.get_pixel_geometry().width_m)
+        wavelength = float(product.metadata.photon_wavelength_m)
+        distance = float(product.metadata.detector_distance_m)
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    scale = n * dx * dx / (wavelength * distance) if wavelength > 0 and distance > 0 else float("nan")
+    return scale if np.isfinite(scale) and scale > 0 else None
 
 
 def _require(data: Any, key: str, path: Path, expected: str) -> np.ndarray:

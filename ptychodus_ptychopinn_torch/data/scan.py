@@ -76,6 +76,8 @@ class ScanData:
     object_shape: (H, W) of the object canvas.
     object_guess: (H, W) complex64 truth / initial object, or None.
     bad_pixels:   (N, N) bool, True = bad (masked out of the loss), or None.
+    propagator_scale: amplitude factor of the host's far-field propagator relative to the
+                  orthonormal FFT (``counts = |c F_ortho(P O)|^2``), or None when unknown.
 
     Structural checks run on construction; configuration-dependent checks (N, gridsize,
     neighbour count) run in :meth:`validate`. Inputs are converted to the dtypes above
@@ -88,6 +90,7 @@ class ScanData:
     object_shape: tuple[int, int]
     object_guess: np.ndarray | None = None
     bad_pixels: np.ndarray | None = None
+    propagator_scale: float | None = None
 
     def __post_init__(self) -> None:
         amplitudes = self._check_amplitudes(self.amplitudes)
@@ -98,6 +101,11 @@ class ScanData:
         self._check_inside(positions, shape)
         guess = self._check_object_guess(self.object_guess, shape)
         bad = self._check_bad_pixels(self.bad_pixels, n)
+        if self.propagator_scale is not None:
+            scale = float(self.propagator_scale)
+            if not np.isfinite(scale) or scale <= 0:
+                raise ValueError(f"propagator_scale must be a positive number or None; got {self.propagator_scale!r}")
+            object.__setattr__(self, "propagator_scale", scale)
         if bad is not None and np.any(amplitudes[:, bad]):
             amplitudes = amplitudes.copy()  # never mutate the caller's array
             amplitudes[:, bad] = 0.0

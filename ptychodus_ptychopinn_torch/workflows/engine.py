@@ -407,7 +407,10 @@ def refine_reconstruction(
         device = inference_devices(execution)[0]
     start = time.perf_counter()
     data = ScanTensors.from_arrays(scan.amplitudes, scan.positions_px, scan.object_shape, scan.bad_pixels)
-    probe = torch.as_tensor(scan.probe, dtype=torch.complex64)
+    # With the host's propagator scale the refined object is the physical transmission of the
+    # product's probe; without it, the object keeps the gauge the global scale fit gives it.
+    propagator = scan.propagator_scale or 1.0
+    probe = torch.as_tensor(scan.probe, dtype=torch.complex64) * propagator
     flat_loss = negative_log_likelihood(flat_object(probe, data), probe, data, device=device)
     options = RefinementOptions(
         iterations=inference.refine_iterations, batch_size=REFINE_BATCH_SIZE,
@@ -450,7 +453,7 @@ def refine_reconstruction(
         object=result.object if options.iterations else reconstruction.object,
         network_object=reconstruction.object,
         refinement=summary,
-        probe=result.probe if options.refine_probe else None,
+        probe=result.probe / propagator if options.refine_probe else None,
         seconds=reconstruction.seconds + summary.seconds,
         warnings=tuple(warnings),
     )
