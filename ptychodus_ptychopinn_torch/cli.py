@@ -100,12 +100,16 @@ def _console_logging(verbose: bool) -> Iterator[None]:
         "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
         "pytorch_lightning.utilities.rank_zero", "ptychodus_ptychopinn_torch.device",
     )]
-    saved = (package.level, package.propagate, [lg.level for lg in noisy])
+    # The commands print each epoch and the training summary themselves (`_EpochPrinter`,
+    # `_training_summary`); the engine's own epoch lines would repeat them under -v.
+    printed_here = logging.getLogger("ptychodus_ptychopinn_torch.training")
+    saved = (package.level, package.propagate, [lg.level for lg in noisy], printed_here.level)
     package.addHandler(handler)
     package.setLevel(level)
     package.propagate = False
     for lg in noisy:
         lg.setLevel(logging.INFO if verbose else logging.ERROR)
+    printed_here.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             if not verbose:
@@ -118,6 +122,7 @@ def _console_logging(verbose: bool) -> Iterator[None]:
         package.propagate = saved[1]
         for lg, old in zip(noisy, saved[2]):
             lg.setLevel(old)
+        printed_here.setLevel(saved[3])
 
 
 #: Loggers whose warnings end up in `Reconstruction.warnings` (printed in the summary line).
@@ -198,6 +203,23 @@ class _EpochPrinter:
             f"({elapsed:.1f} s)",
             flush=True,
         )
+
+
+def _training_summary(bundle: Any, seconds: float) -> str:
+    """One line after training: epochs, time, last losses and the epoch whose weights were kept
+    (the lowest validation loss, or training loss without validation, as the engine keeps)."""
+    train = [float(v) for v in bundle.history.get("train_loss", [])]
+    val = [float(v) for v in bundle.history.get("val_loss", [])]
+    planned = bundle.training_config.nepochs
+    line = f"trained {len(train)} of {planned} epochs in {seconds:.1f} s"
+    if len(train) < planned:
+        line += " (stopped early: the validation loss stopped improving)"
+    scores, name = (val, "val loss") if val else (train, "train loss")
+    finite = [(v, i) for i, v in enumerate(scores) if math.isfinite(v)]
+    if finite:
+        best, index = min(finite)
+        line += f"; kept the weights of epoch {index + 1} ({name} {_fmt_loss(best)})"
+    return line
 
 
 def _history_document(bundle: Any, printer: _EpochPrinter, seconds: float) -> dict[str, Any]:
@@ -336,6 +358,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     printer = _EpochPrinter()
     bundle = train_model(scan, training, execution, on_epoch=printer)
     seconds = time.perf_counter() - printer.start
+    print(_training_summary(bundle, seconds), flush=True)
     model_path = save_model(bundle, out / MODEL_FILE_NAME)
     history_path = out / HISTORY_FILE_NAME
     _write_json(history_path, _history_document(bundle, printer, seconds))
@@ -584,6 +607,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     printer = _EpochPrinter()
     bundle = train_model(scan, training, execution, on_epoch=printer)
     timings["train"] = time.perf_counter() - printer.start
+    print(_training_summary(bundle, timings["train"]), flush=True)
 
     from .config import InferenceConfig
 

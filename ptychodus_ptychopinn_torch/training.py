@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -149,8 +152,13 @@ class _Progress(Callback):
         self.monitor = monitor
         self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
         self.best_score = math.inf
+        self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.batches_done = 0
+        self.start = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module):  # noqa: D102
+        self.start = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: D102
         if self.should_stop is not None and self.should_stop():
@@ -177,6 +185,7 @@ class _Progress(Callback):
         score = val if (self.monitor == "val_loss" and val is not None) else train
         if math.isfinite(score) and score < self.best_score:
             self.best_score = score
+            self.best_epoch = trainer.current_epoch + 1
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.model.state_dict().items()}
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
         report = EpochReport(
@@ -185,11 +194,100 @@ class _Progress(Callback):
             learning_rate=float(lr),
         )
         logger.info(
-            "epoch %d/%d  train_loss %.6g  val_loss %s  lr %.3g", report.epoch, report.num_epochs,
-            train, "n/a" if val is None else f"{val:.6g}", report.learning_rate,
+            "epoch %d/%d  train_loss %.6g  val_loss %s  lr %.3g  (%.1f s)", report.epoch,
+            report.num_epochs, train, "n/a" if val is None else f"{val:.6g}",
+            report.learning_rate, time.perf_counter() - self.start,
         )
         if self.on_epoch is not None:
             self.on_epoch(report)
+
+
+def _summary(progress: _Progress, max_epochs: int, patience: int | None) -> str:
+    """The one line that ends a training run: epochs, time, last losses, the weights kept."""
+    train = progress.history["train_loss"]
+    val = progress.history["val_loss"]
+    epochs = len(train)
+    seconds = time.perf_counter() - progress.start
+    if epochs < max_epochs and patience is not None:
+        head = (f"training stopped early after {epochs} of {max_epochs} epochs (val_loss did "
+                f"not improve for {patience} epochs) in {seconds:.1f} s")
+    else:
+        head = f"training finished: {epochs} of {max_epochs} epochs in {seconds:.1f} s"
+    last = f"train_loss {train[-1]:.6g}" if train else "no epoch completed"
+    if val:
+        last += f", val_loss {val[-1]:.6g}"
+    if progress.best_state is None:
+        return f"{head}; last epoch {last}"
+    return (f"{head}; last epoch {last}; kept the weights of epoch {progress.best_epoch} "
+            f"({progress.monitor} {progress.best_score:.6g})")
+
+
+#: Lightning loggers whose INFO lines are chatter here: "GPU available: False, used: False",
+#: "TPU available", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES", "`Trainer.fit` stopped: ...", the
+#: litlogger advertisement. Every caller reports the device and the epochs itself.
+_LIGHTNING_CHATTER = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+    "lightning.fabric.accelerators.cuda",
+    "pytorch_lightning.utilities.rank_zero",
+    "pytorch_lightning.accelerators.cuda",
+)
+#: Loggers Lightning attaches its own console handler to (``lightning`` always does).
+_LIGHTNING_CONSOLES = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+                       "lightning_fabric")
+
+
+class _LightningChatter(logging.Filter):
+    """Drops Lightning's notices below WARNING and its advertisements at any level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        text = record.getMessage()
+        return "litlogger" not in text and "\N{ELECTRIC LIGHT BULB}" not in text
+
+
+class _DropAll(logging.Filter):
+    """Silences a handler whose records also reach the host's own handlers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Quieten Lightning during one `fit`, then restore exactly what was changed.
+
+    Why: Ptychodus's log (and the worker's forwarded log) should carry what a user needs, not
+    Lightning's start-up notices; and Lightning's own ``lightning`` console handler prints every
+    record a second time to stderr when the records also propagate to the host's root handlers
+    (Ptychodus's console, the worker's pipe to the parent). Only filters are added and removed:
+    levels, handlers and propagation of the host's loggers are left as they are.
+    """
+    chatter = _LightningChatter()
+    chatty = [logging.getLogger(name) for name in _LIGHTNING_CHATTER]
+    for lg in chatty:
+        lg.addFilter(chatter)
+    silenced: list[tuple[logging.Handler, logging.Filter]] = []
+    root_handlers = set(logging.getLogger().handlers)
+    if root_handlers:
+        for name in _LIGHTNING_CONSOLES:
+            lg = logging.getLogger(name)
+            if not lg.propagate:  # its records reach only its own handler: keep it
+                continue
+            for handler in lg.handlers:
+                if handler not in root_handlers:
+                    drop = _DropAll()
+                    handler.addFilter(drop)
+                    silenced.append((handler, drop))
+    try:
+        yield
+    finally:
+        for lg in chatty:
+            lg.removeFilter(chatter)
+        for handler, drop in silenced:
+            handler.removeFilter(drop)
 
 
 def resolve_strategy(execution: ExecutionConfig, devices) -> str:
@@ -225,24 +323,27 @@ def fit(
     callbacks: list[Callback] = [progress]
     if val_loader is not None:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=training.early_stop_patience))
-    trainer = L.Trainer(
-        max_epochs=training.nepochs,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=execution.num_nodes,
-        strategy=resolve_strategy(execution, devices),
-        precision=execution.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=execution.enable_progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic="warn" if execution.deterministic else False,
-        gradient_clip_val=training.gradient_clip_val,
-        gradient_clip_algorithm=training.gradient_clip_algorithm,
-        callbacks=callbacks,
-    )
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    with _quiet_lightning():  # Trainer() logs the GPU/TPU notices and the advertisement
+        trainer = L.Trainer(
+            max_epochs=training.nepochs,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=execution.num_nodes,
+            strategy=resolve_strategy(execution, devices),
+            precision=execution.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=execution.enable_progress_bar,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            deterministic="warn" if execution.deterministic else False,
+            gradient_clip_val=training.gradient_clip_val,
+            gradient_clip_algorithm=training.gradient_clip_algorithm,
+            callbacks=callbacks,
+        )
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     if progress.best_state is not None:
         module.model.load_state_dict(progress.best_state)
+    patience = training.early_stop_patience if val_loader is not None else None
+    logger.info("%s", _summary(progress, training.nepochs, patience))
     return progress.history
