@@ -41,6 +41,8 @@ _LIBRARIES_ATTR = "_ptychopinn_torch_extra_libraries"
 
 logger = logging.getLogger("ptychodus_ptychopinn_torch")
 _lock = threading.RLock()
+OWN_LIBRARY = "PtychoPINN (PyTorch)"
+_announced = False  # the "registered" line is logged once per process
 
 
 # --- libraries from entry points ----------------------------------------------------------------
@@ -160,6 +162,32 @@ class _CheckedKeyMap(dict):
         return _unknown_reconstructor(library, key)
 
 
+# --- the start-up line -------------------------------------------------------------------------
+
+def _announce(libraries: list[Any], problem: str | None = None) -> None:
+    """Say in Ptychodus's log whether PtychoPINN (PyTorch) is available, and with which
+    reconstructors, so a user can tell at start-up that the plugin loaded (or why not).
+
+    Logged after the host's ``ProcessingCore.__init__``, when its processing-log handler is on
+    the library logger, so the line reaches the GUI log panel as well as the console. Success is
+    said once per process; a failure every time it happens.
+    """
+    global _announced
+    own = next((lib for lib in libraries if str(lib.name) == OWN_LIBRARY), None)
+    if own is None:
+        logger.warning("%s is NOT registered with Ptychodus: %s", OWN_LIBRARY,
+                       problem or "its reconstructor library could not be created (see the "
+                       "error above)")
+        return
+    if _announced:
+        return
+    _announced = True
+    reconstructors = [str(r.name) for r in own]
+    keys = [f"{OWN_LIBRARY.casefold()}_{name.casefold()}" for name in reconstructors]
+    logger.info("%s registered with Ptychodus: reconstructors %s (Processing.Algorithm keys %s)",
+                OWN_LIBRARY, ", ".join(reconstructors), ", ".join(keys))
+
+
 # --- the model patch -----------------------------------------------------------------------------
 
 def _after_core_init(core: Any, libraries: list[Any]) -> None:
@@ -208,6 +236,7 @@ def _patch_processing_core(module: ModuleType) -> None:
     def build(original: Callable[..., None]) -> Callable[..., None]:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             extra: list[Any] = []
+            problem: str | None = None
             try:
                 bound = signature.bind(self, *args, **kwargs)
                 existing = list(bound.arguments["algorithm_libraries"])
@@ -215,14 +244,16 @@ def _patch_processing_core(module: ModuleType) -> None:
                                                      existing)
                 bound.arguments["algorithm_libraries"] = existing + extra
                 args, kwargs = bound.args[1:], bound.kwargs
-            except Exception:
+            except Exception as exc:
                 logger.exception("Could not add entry-point reconstructor libraries")
                 extra = []
+                problem = f"adding the libraries to Ptychodus failed ({type(exc).__name__}: {exc})"
             original(self, *args, **kwargs)
             try:
                 _after_core_init(self, extra)
             except Exception:
                 logger.exception("Could not finish registering entry-point libraries")
+            _announce(extra, problem)
 
         return __init__
 

@@ -171,3 +171,49 @@ def test_regular_wheel_ships_the_shim_and_the_entry_point(tmp_path):
     assert "ptychopinn-pytorch = ptychodus_ptychopinn_torch.integration.library:create_library" \
         in text
     assert not any(n.startswith(("ptycho_torch/", "ptycho/")) for n in names)
+
+
+REGISTERED = ("PtychoPINN (PyTorch) registered with Ptychodus: reconstructors PINN, Supervised "
+              "(Processing.Algorithm keys ptychopinn (pytorch)_pinn, "
+              "ptychopinn (pytorch)_supervised)")
+
+
+def test_startup_log_says_once_that_the_plugin_is_registered():
+    """Ptychodus's console log (INFO, as the GUI and batch mode start) names both
+    reconstructors once, however many ModelCores the process builds."""
+    code = textwrap.dedent("""
+        import logging
+        from ptychodus.model import ModelCore
+        for _ in range(2):
+            with ModelCore(log_level=logging.INFO) as model:
+                handler = model.processing_core.processing_api.task_monitor.get_log_handler()
+                print("PANEL:", [m for m in handler.messages() if "registered" in m])
+    """)
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if REGISTERED in line]
+    assert len(lines) == 2, result.stdout  # the console line and the processing-log panel's
+    assert "[INFO] ptychodus_ptychopinn_torch:" in lines[0]
+    assert lines[1].startswith("PANEL:") and "PANEL: []" in result.stdout  # 2nd core: silent
+
+
+def test_startup_log_says_why_the_plugin_is_not_registered(monkeypatch, caplog):
+    from ptychodus.model import ModelCore
+
+    from ptychodus_ptychopinn_torch.integration import install, registration
+
+    def broken(settings_registry, is_developer_mode_enabled):
+        raise RuntimeError("no GPU driver")
+
+    assert install()
+    monkeypatch.setattr(registration, "_factories", lambda: [("ptychopinn-pytorch", broken)])
+    caplog.set_level(logging.INFO)
+    with ModelCore() as model:
+        handler = model.processing_core.processing_api.task_monitor.get_log_handler()
+        for library in model.processing_core.algorithm_parameter._libraries:
+            library.get_logger().removeHandler(handler)
+    assert "Reconstructor library ptychopinn-pytorch failed to initialise" in caplog.text
+    assert "no GPU driver" in caplog.text
+    assert "PtychoPINN (PyTorch) is NOT registered with Ptychodus: its reconstructor library " \
+           "could not be created" in caplog.text
+    assert "registered with Ptychodus: reconstructors" not in caplog.text
