@@ -54,7 +54,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "amplitude_psnr": "PSNR of |O| in dB",
     "phase_psnr": "PSNR of arg(O) in dB",
     "frc_half_bit_px": "FRC resolution, half-bit threshold (period in px; 2 = Nyquist)",
-    "frc_1_7_px": "FRC resolution, 1/7 threshold (period in px; field size = none)",
+    "frc_1_7_px": "FRC resolution, 1/7 threshold (period in px; 2 = Nyquist)",
     "frc_auc": "area under the FRC curve (0..1)",
     "flat_amplitude_ssim": "amplitude SSIM of a flat object (collapse reference)",
     "flat_phase_ssim": "phase SSIM of a flat object (collapse reference)",
@@ -63,6 +63,8 @@ _DESCRIPTIONS: dict[str, str] = {
     "object_scale_factor": "global amplitude scale removed",
     "phase_offset_rad": "global phase offset removed",
     "registration_converged": "1 if the sub-pixel registration converged, else 0",
+    "frc_half_bit_reached": "1 if the FRC reaches the half-bit threshold, else 0 (nothing resolved)",
+    "frc_1_7_reached": "1 if the FRC reaches the 1/7 threshold, else 0 (nothing resolved)",
     "scored_height_px": "scored region height",
     "scored_width_px": "scored region width",
 }
@@ -126,23 +128,31 @@ def _scoring_region(product: Any, shape: tuple[int, int]) -> Any | None:
         return None
 
 
-def _frc_resolution_px(frc: Any, curve: np.ndarray, pixel_m: float, field_px: float) -> float:
-    """FRC threshold crossing as a period in pixels.
+#: The flag of each FRC resolution: 0.0 when its threshold is never reached (value NaN).
+FRC_REACHED = {"frc_half_bit_px": "frc_half_bit_reached", "frc_1_7_px": "frc_1_7_reached"}
 
-    2.0 (Nyquist) when the correlation never drops below the threshold; ``field_px`` (the
-    scored field size: nothing resolved) when it is below already at the lowest frequency or
-    the test has no structure at all (a flat object).
+NOT_REACHED = "not reached"
+
+
+def _frc_resolution_px(frc: Any, curve: np.ndarray, pixel_m: float, field_px: float) -> float:
+    """FRC threshold crossing as a period in pixels; NaN when the threshold is not reached.
+
+    2.0 (Nyquist) when the correlation never drops below the threshold. NaN ("not reached":
+    nothing is resolved) when the correlation is below the threshold already at the lowest
+    frequency, when the test has no structure at all (a flat object), or when the crossing lies
+    beyond the scored field. A number there would read as a (poor) resolution, which it is not.
     """
     correlation = np.asarray(frc.correlation, dtype=float)
     diff = correlation - curve
     if not np.isfinite(diff).any():
-        return float(field_px)
+        return math.nan
     if not (np.isfinite(diff) & (diff < 0.0)).any():
         return 2.0
     resolution_m = frc._resolution_at_threshold_curve(curve)  # noqa: SLF001 (same maths as API)
     if not math.isfinite(resolution_m):
-        return float(field_px)
-    return float(min(resolution_m / pixel_m, field_px))
+        return math.nan
+    resolution_px = resolution_m / pixel_m
+    return float(resolution_px) if resolution_px <= field_px else math.nan
 
 
 def _soft_box(length: int, begin: int, end: int, margin_px: int, taper_px: int) -> np.ndarray:
@@ -283,6 +293,8 @@ def _score(
         "phase_psnr": phase_psnr,
         "frc_half_bit_px": half_bit,
         "frc_1_7_px": one_seventh,
+        "frc_half_bit_reached": float(math.isfinite(half_bit)),
+        "frc_1_7_reached": float(math.isfinite(one_seventh)),
         "frc_auc": float(auc),
         "amplitude_std": float(np.std(test_amp)),
         "truth_amplitude_std": float(np.std(ref_amp)),
@@ -312,9 +324,10 @@ def evaluate_object(
         Floats, all computed after ambiguity removal over the scored region: ``amplitude_ssim``,
         ``phase_ssim``, ``amplitude_psnr``, ``phase_psnr`` (dB), ``frc_half_bit_px`` and
         ``frc_1_7_px`` (the FRC resolution as a period in pixels at the van Heel-Schatz half-bit
-        and the fixed 1/7 thresholds; 2.0 = correlated up to Nyquist, the scored field size =
-        nothing resolved), ``frc_auc`` (NaN for a structureless object), ``flat_amplitude_ssim`` / ``flat_phase_ssim`` (what a constant
-        object scores), ``amplitude_std`` / ``truth_amplitude_std``, the removed
+        and the fixed 1/7 thresholds; 2.0 = correlated up to Nyquist; NaN = the threshold is
+        not reached, nothing resolved, with ``frc_half_bit_reached`` / ``frc_1_7_reached`` 0.0,
+        else 1.0), ``frc_auc`` (NaN for a structureless object), ``flat_amplitude_ssim`` /
+        ``flat_phase_ssim`` (what a constant object scores), ``amplitude_std`` / ``truth_amplitude_std``, the removed
         ``object_scale_factor`` and ``phase_offset_rad``, ``registration_converged`` (0.0 when
         the alignment to the truth did not converge, typical of a structureless reconstruction),
         and ``scored_height_px`` / ``scored_width_px``.
@@ -366,7 +379,10 @@ def evaluate_object(
 
 
 def json_safe_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Metrics with non-finite floats replaced by None, for strict JSON files."""
+    """Metrics with non-finite floats replaced by None, for strict JSON files.
+
+    An FRC resolution that was not reached becomes None next to its 0.0 ``*_reached`` flag.
+    """
     out: dict[str, Any] = {}
     for key, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -377,13 +393,22 @@ def json_safe_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def format_metrics(metrics: Mapping[str, Any], *, describe: bool = False) -> str:
-    """Aligned ``name  value`` lines for a terminal; NaN/None print as ``n/a``."""
+    """Aligned ``name  value`` lines for a terminal; NaN/None print as ``n/a``, and an FRC
+    resolution whose ``*_reached`` flag is 0 as ``not reached`` (the flags themselves are not
+    repeated)."""
     if not metrics:
         return ""
-    width = max(len(key) for key in metrics)
+    flags = set(FRC_REACHED.values())
+    shown = {key: value for key, value in metrics.items() if key not in flags}
+    if not shown:
+        return ""
+    width = max(len(key) for key in shown)
     lines = []
-    for key, value in metrics.items():
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+    for key, value in shown.items():
+        reached = metrics.get(FRC_REACHED.get(key, ""), 1.0)
+        if key in FRC_REACHED and reached is not None and not reached:
+            text = NOT_REACHED
+        elif value is None or (isinstance(value, float) and math.isnan(value)):
             text = "n/a"
         elif isinstance(value, float):
             text = f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
@@ -392,5 +417,8 @@ def format_metrics(metrics: Mapping[str, Any], *, describe: bool = False) -> str
         line = f"{key:<{width}}  {text:>10}"
         if describe and key in _DESCRIPTIONS:
             line += f"  {_DESCRIPTIONS[key]}"
+            if text == NOT_REACHED:
+                line += ("; not reached: the FRC is below the threshold from the lowest "
+                         "frequency on, so no resolution is resolved")
         lines.append(line)
     return "\n".join(lines)

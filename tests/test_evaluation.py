@@ -108,12 +108,19 @@ def test_flat_object_scores_clearly_lower_than_a_good_one(product, truth):
     assert m_noisy["amplitude_psnr"] < m_good["amplitude_psnr"]
     # the collapse reference does not depend on the reconstruction
     assert m_noisy["flat_amplitude_ssim"] == pytest.approx(m_flat["flat_amplitude_ssim"])
-    # FRC of a noisy reconstruction resolves less than Nyquist; a flat one resolves nothing
-    # (reported as the scored field size)
+    # FRC of a noisy reconstruction resolves less than Nyquist; a flat one resolves nothing:
+    # "not reached" (NaN, flag 0), never the field width presented as a resolution
     assert 2.0 < m_noisy["frc_half_bit_px"] < 20.0
-    field = max(m_flat["scored_height_px"], m_flat["scored_width_px"])
-    assert m_flat["frc_half_bit_px"] == pytest.approx(field)
-    assert m_flat["frc_1_7_px"] == pytest.approx(field)
+    assert m_noisy["frc_half_bit_reached"] == 1.0 and m_good["frc_1_7_reached"] == 1.0
+    assert math.isnan(m_flat["frc_half_bit_px"]) and math.isnan(m_flat["frc_1_7_px"])
+    assert m_flat["frc_half_bit_reached"] == 0.0 and m_flat["frc_1_7_reached"] == 0.0
+    text = format_metrics(m_flat, describe=True)
+    assert "frc_half_bit_px" in text and "not reached" in text and "n/a" not in text.split(
+        "frc_half_bit_px")[1].splitlines()[0]
+    assert "frc_half_bit_reached" not in text  # the flag is shown as the value's wording
+    safe = json_safe_metrics(m_flat)
+    assert safe["frc_1_7_px"] is None and safe["frc_1_7_reached"] == 0.0
+    json.loads(json.dumps(safe, allow_nan=False))
 
 
 def test_more_noise_scores_lower(product, truth):
@@ -187,6 +194,33 @@ def test_bad_positions_raise(product, truth):
         evaluate_object(truth, product, positions_px=np.zeros((5, 3)))
     with pytest.raises(ValueError, match="canvas"):
         evaluate_object(truth, product, positions_px=np.array([[1.0, 1.0]]))
+
+
+def test_frc_not_reached_is_nan_and_a_crossing_beyond_the_field_too():
+    from ptychodus_ptychopinn_torch.evaluation import _frc_resolution_px
+
+    class _Frc:
+        def __init__(self, correlation, resolution_m):
+            self.correlation = np.asarray(correlation, dtype=float)
+            self._resolution = resolution_m
+
+        def _resolution_at_threshold_curve(self, curve):
+            return self._resolution
+
+    curve = np.full(4, 0.5)
+    assert _frc_resolution_px(_Frc([0.9, 0.9, 0.9, 0.9], 0.0), curve, 1.0, 40.0) == 2.0
+    assert _frc_resolution_px(_Frc([0.9, 0.7, 0.4, 0.1], 8.0), curve, 1.0, 40.0) == 8.0
+    assert math.isnan(_frc_resolution_px(_Frc([0.1, 0.1, 0.1, 0.1], math.inf), curve, 1.0, 40.0))
+    assert math.isnan(_frc_resolution_px(_Frc([0.6, 0.1, 0.1, 0.1], 80.0), curve, 1.0, 40.0))
+    assert math.isnan(_frc_resolution_px(_Frc([np.nan] * 4, 1.0), curve, 1.0, 40.0))
+
+
+def test_format_shows_not_reached_only_where_the_flag_says_so():
+    metrics = {"frc_half_bit_px": math.nan, "frc_half_bit_reached": 0.0,
+               "frc_1_7_px": 6.5, "frc_1_7_reached": 1.0, "frc_auc": math.nan}
+    lines = dict(line.split(None, 1) for line in format_metrics(metrics).splitlines())
+    assert lines == {"frc_half_bit_px": "not reached", "frc_1_7_px": "6.5000", "frc_auc": "n/a"}
+    assert "FRC is below the threshold" in format_metrics(metrics, describe=True)
 
 
 def test_format_and_json_safe():
