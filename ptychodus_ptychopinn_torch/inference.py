@@ -27,6 +27,9 @@ class PatchStitcher:
         self.n = int(weight.shape[-1])
         self.device = device
         self.weight = weight.to(device=device, dtype=torch.float32)
+        # The weight is the same for every patch: transform it once; each patch then needs only
+        # its own phase ramp and one inverse transform (the same arithmetic as fourier_shift).
+        self._weight_spectrum = torch.fft.fft2(self.weight.to(torch.complex64))
         self.numerator = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.complex64, device=device)
         self.denominator = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.float32, device=device)
         ramp = torch.arange(self.n, device=device)
@@ -40,7 +43,8 @@ class PatchStitcher:
         half = (self.n - 1) / 2.0
         lower = torch.floor(pos - half)
         frac = (pos - half - lower).to(torch.float32)  # in [0, 1)
-        weights = physics.fourier_shift(self.weight.expand(patches.shape[0], -1, -1), frac)
+        ramp = physics.fourier_shift_ramp((self.n, self.n), frac, device=self.device)
+        weights = torch.fft.ifft2(self._weight_spectrum * ramp).real
         weighted = physics.fourier_shift(patches, frac) * weights
         lower = lower.to(torch.long)
         rows = lower[:, 1].view(-1, 1, 1) + self._rows

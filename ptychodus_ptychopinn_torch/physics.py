@@ -24,6 +24,7 @@ import torch.nn.functional as F
 __all__ = [
     "translate",
     "fourier_shift",
+    "fourier_shift_ramp",
     "pad_center",
     "crop_center",
     "hard_disk",
@@ -93,14 +94,27 @@ def fourier_shift(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """
     h, w = images.shape[-2:]
     dtype = torch.complex128 if images.dtype in (torch.float64, torch.complex128) else torch.complex64
-    real = torch.float64 if dtype == torch.complex128 else torch.float32
-    fy = torch.fft.fftfreq(h, device=images.device, dtype=real).view(h, 1)
-    fx = torch.fft.fftfreq(w, device=images.device, dtype=real).view(1, w)
-    off = offsets.to(real)
-    phase = -2.0 * math.pi * (fx * off[..., 0, None, None] + fy * off[..., 1, None, None])
-    ramp = torch.polar(torch.ones_like(phase), phase)
+    ramp = fourier_shift_ramp((h, w), offsets, dtype=dtype, device=images.device)
     shifted = torch.fft.ifft2(torch.fft.fft2(images.to(dtype)) * ramp)
     return shifted if images.is_complex() else shifted.real
+
+
+def fourier_shift_ramp(shape: tuple[int, int], offsets: torch.Tensor, *,
+                       dtype: torch.dtype = torch.complex64,
+                       device: torch.device | None = None) -> torch.Tensor:
+    """The ``(..., H, W)`` phase ramp of `fourier_shift`: multiplying an ``fft2`` by it and
+    transforming back moves content by ``+offsets`` (x, y).
+
+    Separate so that a caller shifting one fixed image by many offsets (the stitcher's probe
+    weight) transforms that image once and applies only a ramp per offset.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    fy = torch.fft.fftfreq(h, device=device, dtype=real).view(h, 1)
+    fx = torch.fft.fftfreq(w, device=device, dtype=real).view(1, w)
+    off = offsets.to(device=device, dtype=real)
+    phase = -2.0 * math.pi * (fx * off[..., 0, None, None] + fy * off[..., 1, None, None])
+    return torch.polar(torch.ones_like(phase), phase)
 
 
 def pad_center(images: torch.Tensor, size: int) -> torch.Tensor:

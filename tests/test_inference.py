@@ -34,6 +34,45 @@ def test_subpixel_position_is_a_fourier_shift_of_the_patch():
     assert abs(float(cx) - 20.25) < 1e-3 and abs(float(cy) - 19.5) < 1e-3
 
 
+def test_weight_is_transformed_once_and_shifted_per_patch_as_before():
+    """The probe weight's FFT is taken once; each patch applies only its phase ramp, giving
+    exactly what shifting the weight itself (the former per-batch transform) gave."""
+    from ptychodus_ptychopinn_torch import physics
+
+    n = 16
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.rand(n, n, generator=generator)
+    patches = torch.randn(5, n, n, dtype=torch.complex64, generator=generator)
+    positions = torch.rand(5, 2, generator=generator, dtype=torch.float64) * 20 + 10
+    stitcher = PatchStitcher((48, 48), weight, device=torch.device("cpu"))
+    calls = []
+    original_fft2 = torch.fft.fft2
+
+    def counting_fft2(x, *args, **kwargs):
+        calls.append(tuple(x.shape))
+        return original_fft2(x, *args, **kwargs)
+
+    torch.fft.fft2 = counting_fft2
+    try:
+        stitcher.add(patches, positions)
+    finally:
+        torch.fft.fft2 = original_fft2
+    assert calls == [(5, n, n)]  # the patches only; the weight was transformed in __init__
+
+    half = (n - 1) / 2.0
+    lower = torch.floor(positions - half)
+    frac = (positions - half - lower).to(torch.float32)
+    weights = physics.fourier_shift(weight.expand(5, -1, -1), frac)
+    expected = PatchStitcher((48, 48), weight, device=torch.device("cpu"))
+    rows = lower[:, 1].long().view(-1, 1, 1) + torch.arange(n).view(1, n, 1)
+    cols = lower[:, 0].long().view(-1, 1, 1) + torch.arange(n).view(1, 1, n)
+    flat = (rows * 48 + cols).reshape(-1)
+    expected.numerator.index_add_(0, flat, (physics.fourier_shift(patches, frac) * weights).reshape(-1))
+    expected.denominator.index_add_(0, flat, weights.reshape(-1))
+    assert torch.equal(stitcher.numerator, expected.numerator)
+    assert torch.equal(stitcher.denominator, expected.denominator)
+
+
 def test_patches_outside_the_canvas_are_clipped():
     n = 8
     stitcher = PatchStitcher((10, 10), torch.ones(n, n), device=torch.device("cpu"))
