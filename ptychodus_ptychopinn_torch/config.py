@@ -74,6 +74,27 @@ def _check_bool(cls: str, name: str, value: Any) -> None:
         _fail(cls, name, value, "True or False")
 
 
+def _check_model_and_paths(cls: str, config: Any, paths: tuple[str, ...]) -> None:
+    """The head of `TrainingConfig` and `InferenceConfig` validation: a real `ModelConfig`,
+    and string paths stored as ``Path``."""
+    if not isinstance(config.model, ModelConfig):
+        _fail(cls, "model", config.model, "a ModelConfig")
+    _coerce_paths(config, paths)
+
+
+def _check_grouping(cls: str, config: Any) -> None:
+    """``n_groups``, ``n_subsample`` and ``neighbor_count`` (at least gridsize**2 when grouping
+    several patterns), which `TrainingConfig` and `InferenceConfig` share."""
+    if config.n_groups is not None:
+        _check_positive(cls, "n_groups", config.n_groups, integer=True)
+    if config.n_subsample is not None:
+        _check_positive(cls, "n_subsample", config.n_subsample, integer=True)
+    _check_positive(cls, "neighbor_count", config.neighbor_count, integer=True)
+    if config.neighbor_count < config.model.channels and config.model.gridsize > 1:
+        _fail(cls, "neighbor_count", config.neighbor_count,
+              f"at least gridsize**2 = {config.model.channels}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Network and forward-model architecture (PtychoPINN ``ModelConfig``).
@@ -172,9 +193,7 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         c = "TrainingConfig"
-        if not isinstance(self.model, ModelConfig):
-            _fail(c, "model", self.model, "a ModelConfig")
-        _coerce_paths(self, ("train_data_file", "test_data_file", "output_dir"))
+        _check_model_and_paths(c, self, ("train_data_file", "test_data_file", "output_dir"))
         _check_positive(c, "batch_size", self.batch_size, integer=True)
         _check_positive(c, "nepochs", self.nepochs, integer=True)
         for name in ("mae_weight", "nll_weight"):
@@ -185,14 +204,7 @@ class TrainingConfig:
             _fail(c, "nll_weight", self.nll_weight, "nll_weight > 0 or mae_weight > 0 for a PINN")
         if self.nphotons is not None:
             _check_positive(c, "nphotons", self.nphotons)
-        if self.n_groups is not None:
-            _check_positive(c, "n_groups", self.n_groups, integer=True)
-        if self.n_subsample is not None:
-            _check_positive(c, "n_subsample", self.n_subsample, integer=True)
-        _check_positive(c, "neighbor_count", self.neighbor_count, integer=True)
-        if self.neighbor_count < self.model.channels and self.model.gridsize > 1:
-            _fail(c, "neighbor_count", self.neighbor_count,
-                  f"at least gridsize**2 = {self.model.channels}")
+        _check_grouping(c, self)
         for name in ("positions_provided", "probe_trainable", "intensity_scale_trainable",
                      "sequential_sampling"):
             _check_bool(c, name, getattr(self, name))
@@ -249,17 +261,8 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         c = "InferenceConfig"
-        if not isinstance(self.model, ModelConfig):
-            _fail(c, "model", self.model, "a ModelConfig")
-        _coerce_paths(self, ("model_path", "test_data_file", "output_dir"))
-        if self.n_groups is not None:
-            _check_positive(c, "n_groups", self.n_groups, integer=True)
-        if self.n_subsample is not None:
-            _check_positive(c, "n_subsample", self.n_subsample, integer=True)
-        _check_positive(c, "neighbor_count", self.neighbor_count, integer=True)
-        if self.neighbor_count < self.model.channels and self.model.gridsize > 1:
-            _fail(c, "neighbor_count", self.neighbor_count,
-                  f"at least gridsize**2 = {self.model.channels}")
+        _check_model_and_paths(c, self, ("model_path", "test_data_file", "output_dir"))
+        _check_grouping(c, self)
         _check_bool(c, "debug", self.debug)
         _check_choice(c, "backend", self.backend, BACKENDS)
         if isinstance(self.refine_iterations, bool) or not isinstance(self.refine_iterations, int) \

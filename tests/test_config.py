@@ -50,6 +50,14 @@ def test_training_defaults_are_ptychopinns():
         (lambda: TrainingConfig(validation_fraction=0.9), r"validation_fraction=0.9"),
         (lambda: TrainingConfig(model={"N": 64}), r"TrainingConfig.model=.* a ModelConfig"),
         (lambda: InferenceConfig(n_groups=0), r"InferenceConfig.n_groups=0"),
+        # the checks TrainingConfig and InferenceConfig share name their own class
+        (lambda: TrainingConfig(n_groups=1.5), r"TrainingConfig.n_groups=1.5 .* positive integer"),
+        (lambda: TrainingConfig(n_subsample=0), r"TrainingConfig.n_subsample=0 .* positive integer"),
+        (lambda: InferenceConfig(n_subsample=-2), r"InferenceConfig.n_subsample=-2 .* positive integer"),
+        (lambda: InferenceConfig(neighbor_count=0), r"InferenceConfig.neighbor_count=0 .* positive integer"),
+        (lambda: InferenceConfig(model=ModelConfig(gridsize=3), neighbor_count=8),
+         r"InferenceConfig.neighbor_count=8 is invalid; expected at least gridsize\*\*2 = 9"),
+        (lambda: InferenceConfig(model="pinn"), r"InferenceConfig.model='pinn' is invalid; expected a ModelConfig"),
         (lambda: ExecutionConfig(accelerator="tpu"), r"accelerator='tpu' .* 'auto', 'cpu', 'cuda', 'gpu'"),
         (lambda: ExecutionConfig(precision="fp8"), r"precision='fp8'"),
         (lambda: ExecutionConfig(num_workers=-1), r"num_workers=-1"),
@@ -69,6 +77,9 @@ def test_configs_are_frozen():
 def test_string_paths_become_paths():
     t = TrainingConfig(output_dir="out", train_data_file="a.npz")
     assert t.output_dir == Path("out") and t.train_data_file == Path("a.npz")
+    i = InferenceConfig(model_path="m.ckpt", test_data_file="b.npz", output_dir="o")
+    assert (i.model_path, i.test_data_file, i.output_dir) == (Path("m.ckpt"), Path("b.npz"), Path("o"))
+    assert TrainingConfig(model=ModelConfig(gridsize=1), neighbor_count=1).neighbor_count == 1
 
 
 @pytest.mark.parametrize(
