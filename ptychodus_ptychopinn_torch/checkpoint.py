@@ -9,7 +9,10 @@ failed or cancelled write never replaces a good model. See docs/model-file.md.
 from __future__ import annotations
 
 import os
+import pickle
+import pickletools
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +101,60 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
     return path
 
 
+#: Globals a weights-only model file may name; any other one would be imported and called.
+_DATA_MODULES = ("torch", "collections", "_codecs", "builtins", "copyreg")
+_MAX_SCAN_BYTES = 64 * 2**20
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle of a ``torch.save`` archive (its ``data.pkl``), else the file's first bytes."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if names:
+                with archive.open(min(names, key=len)) as handle:
+                    return handle.read(_MAX_SCAN_BYTES)
+        return b""
+    with open(path, "rb") as handle:
+        return handle.read(_MAX_SCAN_BYTES)
+
+
+def _code_globals(path: Path) -> list[str] | None:
+    """The ``module.name`` globals outside plain data that the file's pickle would import and
+    call, read with `pickletools` (which executes nothing); None when it is not a pickle."""
+    try:
+        data = _pickle_bytes(path)
+        found: list[str] = []
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - truncated, not a pickle, not a zip: not ours either way
+        return None
+    return [name for name in found if name.split(".")[0] not in _DATA_MODULES]
+
+
+def _refused_message(path: Path) -> str:
+    """Why a file torch refused to load weights-only is not loaded, without torch's advice.
+
+    torch suggests retrying with ``weights_only=False``, which would run the file's code; a
+    model file from a colleague must never be able to do that, so the advice is not passed on.
+    """
+    code = _code_globals(path)
+    if code:
+        return (f"{path} is not a PtychoPINN (PyTorch) model file: it holds pickled Python "
+                f"objects (it refers to {', '.join(dict.fromkeys(code))}), and loading it would "
+                "run code from it, so it was not loaded. PtychoPINN (PyTorch) model files hold "
+                "only tensors and plain data; use a .ckpt written by PtychoPINN (PyTorch) "
+                "training")
+    return (f"{path} is not a readable PtychoPINN (PyTorch) model file (corrupt, truncated or "
+            "another kind of file: torch cannot read it as tensors and plain data)")
+
+
 def read_payload(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check the raw payload; ``ValueError`` names the file and the problem."""
     path = Path(path)
@@ -105,7 +162,9 @@ def read_payload(path: str | os.PathLike, map_location: str | torch.device = "cp
         raise FileNotFoundError(f"model file not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt, truncated or a pickle with code in it
+    except pickle.UnpicklingError:  # a pickle needing code, or no pickle at all
+        raise ValueError(_refused_message(path)) from None
+    except Exception as exc:  # corrupt or truncated
         raise ValueError(
             f"{path} is not a readable PtychoPINN (PyTorch) model file ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})"

@@ -56,8 +56,9 @@ def test_missing_file(tmp_path):
 def test_corrupt_file_names_the_file(tmp_path):
     path = tmp_path / "bad.ckpt"
     path.write_bytes(b"not a model")
-    with pytest.raises(ValueError, match=r"bad.ckpt is not a readable PtychoPINN \(PyTorch\) model file"):
+    with pytest.raises(ValueError, match=r"bad.ckpt is not a readable PtychoPINN \(PyTorch\) model file") as info:
         load_model(path)
+    assert "weights_only" not in str(info.value)
 
 
 def test_truncated_file_is_rejected(tmp_path):
@@ -73,12 +74,25 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
-def test_pickled_code_is_never_executed(tmp_path):
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_pickled_code_is_never_executed(tmp_path, capfd, writer):
     path = tmp_path / "evil.ckpt"
-    with open(path, "wb") as handle:
-        pickle.dump({"format": checkpoint.FORMAT, "x": _Evil()}, handle)
-    with pytest.raises(ValueError, match="not a readable"):
+    payload = {"format": checkpoint.FORMAT, "x": _Evil()}
+    if writer == "pickle":
+        with open(path, "wb") as handle:
+            pickle.dump(payload, handle)
+    else:
+        torch.save(payload, path)
+    with pytest.raises(ValueError) as info:
         load_model(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a PtychoPINN (PyTorch) model file")
+    assert "loading it would run code from it" in message
+    assert "weights_only" not in message and "trusted source" not in message
+    assert info.value.__cause__ is None  # torch's advice is not chained into the traceback
+    if writer == "torch.save":
+        assert "(it refers to posix.system)" in message or "(it refers to nt.system)" in message
+    assert "pwned" not in capfd.readouterr().out
 
 
 def test_foreign_checkpoint_is_rejected(tmp_path):

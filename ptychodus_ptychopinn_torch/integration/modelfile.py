@@ -55,6 +55,10 @@ class _Placeholder:
         pass
 
 
+class _CodeRefused(pickle.UnpicklingError):
+    """The payload names a global outside plain data: unpickling it would run code."""
+
+
 class _PayloadUnpickler(pickle.Unpickler):
     _ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict}
 
@@ -64,7 +68,7 @@ class _PayloadUnpickler(pickle.Unpickler):
         try:
             return self._ALLOWED[module, name]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing global {module}.{name}") from None
+            raise _CodeRefused(f"{module}.{name}") from None
 
     def persistent_load(self, pid: Any) -> Any:
         return _Placeholder()
@@ -88,6 +92,9 @@ def _read_payload(path: Path) -> Any:
                 return _PayloadUnpickler(handle).load()
     except zipfile.BadZipFile:
         raise _not_a_model(path, "not a torch.save zip archive") from None
+    except _CodeRefused as exc:
+        raise _not_a_model(path, f"it holds pickled Python objects (it refers to {exc}), and "
+                                 "loading it would run code from it, so it was not loaded") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError,
             TypeError) as exc:
         raise _not_a_model(path, f"unreadable payload: {exc}") from None
