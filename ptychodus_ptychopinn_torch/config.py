@@ -119,8 +119,8 @@ class ModelConfig:
     pad_object: bool = True
     probe_scale: float = 4.0
     gaussian_smoothing_sigma: float = 0.0
-    border_activation: str = "head"
-    object_init: str = "flat"
+    border_activation: str = "swish"
+    object_init: str = "random"
 
     def __post_init__(self) -> None:
         c = "ModelConfig"
