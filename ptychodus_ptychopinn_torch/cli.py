@@ -4,9 +4,11 @@
     ptychopinn-torch demo [--out DIR] [--epochs N] [--positions M] [--gridsize G] [--seed S]
     ptychopinn-torch train DATA --out DIR [--epochs N] [--gridsize G] [--batch-size B]
                           [--learning-rate X] [--scheduler S] [--lr-warmup-epochs N]
-                          [--lr-min-ratio X] [--border-activation A] [--object-init I] ...
+                          [--lr-min-ratio X] [--border-activation A] [--object-init I]
+                          [--diffraction auto|counts|amplitudes] ...
     ptychopinn-torch reconstruct DATA --model MODEL --out OUT.npz [--device D] [--batch-size B]
                                 [--refine-iterations N] [--refine-probe]
+                                [--diffraction auto|counts|amplitudes]
 
 DATA is a Ptychodus training-data NPZ, or a directory holding ``train_data.npz`` or
 ``diffraction.h5`` + ``product.h5``. Nothing heavy is imported at module level (torch and
@@ -163,6 +165,42 @@ def _refinement_warnings_held(printed: list[str]) -> Iterator[None]:
             for record in flt.held:
                 if record.getMessage() not in printed:
                     lg.handle(record)
+
+
+class _Collected(logging.Handler):
+    """Keeps the messages of one logger for the command to print."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _load_scan(data: str | Path, diffraction: str) -> Any:
+    """`load_scan`, printing which reading of an NPZ's ``diff3d`` (counts or amplitudes) it used.
+
+    The line goes to stdout with the command's other progress lines, not through the log, so
+    bad input stays one line on stderr.
+    """
+    from .data.io import load_scan
+
+    io_logger = logging.getLogger("ptychodus_ptychopinn_torch.data.io")
+    collected = _Collected()
+    saved = (io_logger.level, io_logger.propagate)
+    io_logger.setLevel(logging.INFO)
+    io_logger.propagate = False
+    io_logger.addHandler(collected)
+    try:
+        scan = load_scan(data, diffraction=diffraction)
+    finally:
+        io_logger.removeHandler(collected)
+        io_logger.setLevel(saved[0])
+        io_logger.propagate = saved[1]
+    for message in collected.messages:
+        print(message, flush=True)
+    return scan
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -335,14 +373,12 @@ def _train_configs(args: argparse.Namespace, N: int, data: Path | None = None,  
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .data.io import load_scan
-
     data = Path(args.data)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
     _schedule_options(args)  # a misplaced option fails before the data are read
-    scan = load_scan(data)
+    scan = _load_scan(data, args.diffraction)
     model, training = _train_configs(args, scan.N, data, out)
     execution = _execution(args.device, seed=args.seed, precision=args.precision)
     scan.validate(N=model.N, gridsize=model.gridsize, neighbor_count=training.neighbor_count)
@@ -372,7 +408,6 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_model
     from .config import InferenceConfig
-    from .data.io import load_scan
 
     out = Path(args.out)
     if out.suffix != ".npz":
@@ -381,7 +416,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     if model_path.is_dir():
         model_path = model_path / MODEL_FILE_NAME
     bundle = load_model(model_path)
-    scan = load_scan(args.data)
+    scan = _load_scan(args.data, args.diffraction)
     model = bundle.model_config
     if scan.N != model.N:
         raise ValueError(
@@ -737,6 +772,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="compute device; auto uses CUDA when available (default: auto)")
 
+    def diffraction_option(p: argparse.ArgumentParser) -> None:
+        from .data.io import DIFFRACTION_CONVENTIONS
+
+        p.add_argument("--diffraction", choices=DIFFRACTION_CONVENTIONS, default="auto",
+                       help="what 'diff3d' of an NPZ holds: counts (Ptychodus's Export Training "
+                            "Data) or amplitudes, their square roots (PtychoPINN's datasets); "
+                            "auto decides from the values and stops when they cannot "
+                            "(diffraction.h5 always holds counts; default: auto)")
+
     check = sub.add_parser("check", help="print versions, CUDA devices and the device to be used")
     device_option(check)
     check.set_defaults(func=_cmd_check)
@@ -754,6 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-groups", type=_positive_int, default=None, metavar="K",
                        help="number of training groups (default: one per scan position)")
     device_option(train)
+    diffraction_option(train)
     train.add_argument("--seed", type=_non_negative_int, default=42, help="default: 42")
     train.add_argument("--mode", choices=("pinn", "supervised"), default="pinn",
                        help="pinn: unsupervised physics loss; supervised: needs the true "
@@ -773,6 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output NPZ: object, object_x_px, object_y_px, coverage, "
                           "network_object, refinement_losses (and probe with --refine-probe)")
     device_option(rec)
+    diffraction_option(rec)
     rec.add_argument("--batch-size", type=_positive_int, default=None,
                      help="inference batch size (default: automatic)")
     rec.add_argument("--refine-iterations", type=_non_negative_int,

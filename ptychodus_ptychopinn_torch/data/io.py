@@ -4,6 +4,12 @@ Three sources, one result: a Ptychodus ``ReconstructInput``, the training-data N
 Ptychodus's "Export Training Data" writes (``save_ptychopinn_training_data``: raw
 intensities in ``diff3d``, a 3-D ``probeGuess``), and the batch-mode pair
 ``diffraction.h5`` + ``product.h5``. No torch import in this module.
+
+Two conventions for ``diff3d`` exist in the wild: Ptychodus writes raw counts, PtychoPINN's own
+NPZ datasets hold amplitudes (the square root of the counts). Read the wrong way, amplitudes
+would become counts^(1/4) and the reconstruction garbage, so the NPZ reader decides from the
+data where they decide it (`detect_diffraction`), logs what it assumed, accepts an override,
+and refuses when the data cannot decide.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import numpy as np
 from .scan import ScanData, amplitudes_from_counts
 
 __all__ = [
+    "DIFFRACTION_CONVENTIONS",
     "TRAINING_NPZ_NAME",
+    "detect_diffraction",
     "load_scan",
     "load_training_npz",
     "save_training_npz",
@@ -32,31 +40,99 @@ TRAINING_NPZ_NAME = "train_data.npz"
 DIFFRACTION_H5_NAME = "diffraction.h5"
 PRODUCT_H5_NAME = "product.h5"
 
+#: What ``diff3d`` of a training-data NPZ holds: decided from the data, or given.
+DIFFRACTION_CONVENTIONS = ("auto", "counts", "amplitudes")
 
-def load_scan(path: str | os.PathLike[str]) -> ScanData:
+#: Patterns looked at to decide the convention (spread over the scan), and the largest squared
+#: amplitude whose integer-ness the data's precision can still tell (float32: ~1e4).
+_DETECT_PATTERNS = 256
+_DETECT_VALUES = 2**22
+_DETECT_RESOLUTION = 0.01
+
+
+def _check_convention(diffraction: str) -> str:
+    if diffraction not in DIFFRACTION_CONVENTIONS:
+        raise ValueError(f"diffraction={diffraction!r} is invalid; expected one of "
+                         + ", ".join(repr(c) for c in DIFFRACTION_CONVENTIONS))
+    return diffraction
+
+
+def detect_diffraction(values: Any, bad_pixels: np.ndarray | None = None) -> tuple[str | None, str]:
+    """``("counts" | "amplitudes" | None, reason)``: what a pattern stack holds, judged from
+    its values; None when the values cannot decide.
+
+    Integer dtypes and integer values (within the dtype's precision) are counts; non-integer
+    values whose squares are integers are amplitudes (square roots of counts). Everything else
+    (scaled, background-subtracted or simulated noise-free intensities, normalised amplitudes)
+    cannot be told apart. Bad pixels (True = bad) and non-finite values are ignored, and up to
+    256 patterns spread over the scan (at most ~4 million values) are looked at.
+    """
+    data = np.asarray(values)
+    if data.dtype.kind in "biu":
+        return "counts", f"integer dtype {data.dtype}"
+    if data.dtype.kind != "f":
+        return None, f"dtype {data.dtype} is not a real number type"
+    if data.ndim < 1 or data.shape[0] == 0:
+        return "counts", "no patterns (both readings agree)"
+    per_pattern = max(1, int(np.prod(data.shape[1:])))
+    count = max(1, min(data.shape[0], _DETECT_PATTERNS, _DETECT_VALUES // per_pattern))
+    index = np.unique(np.linspace(0, data.shape[0] - 1, count).astype(np.intp))
+    sample = data[index].astype(np.float64)
+    keep = np.isfinite(sample)
+    if bad_pixels is not None and np.shape(bad_pixels) == sample.shape[1:]:
+        keep &= ~np.asarray(bad_pixels, dtype=bool)
+    v = sample[keep]
+    eps = float(np.finfo(data.dtype).eps)
+    fraction = np.abs(v - np.round(v))
+    integer = fraction <= 4.0 * eps * np.maximum(1.0, np.abs(v))
+    if integer.all():
+        return "counts", "every value is an integer"
+    rest = v[~integer]
+    squares = rest * rest
+    tolerance = 8.0 * eps * squares + 1e-9
+    informative = tolerance < _DETECT_RESOLUTION
+    if not informative.any():
+        return None, ("the non-integer values are too large for their precision to tell "
+                      "whether their squares are integers")
+    square_integer = np.abs(squares - np.round(squares)) <= tolerance
+    bad = informative & ~square_integer
+    if not bad.any():
+        return "amplitudes", "the values are not integers but their squares are"
+    example = float(rest[bad][0])
+    return None, (f"values such as {example:.6g} are neither integers (counts) nor square roots "
+                  f"of integers (amplitudes)")
+
+
+def load_scan(path: str | os.PathLike[str], *, diffraction: str = "auto") -> ScanData:
     """Load a scan from an NPZ file or a directory.
 
     A directory is searched for ``train_data.npz`` first, then for the pair
     ``diffraction.h5`` + ``product.h5`` (Ptychodus's batch layout, paired by scan index
-    with ``prepare_reconstruct_input``).
+    with ``prepare_reconstruct_input``). ``diffraction`` says what an NPZ's ``diff3d`` holds
+    (`load_training_npz`); Ptychodus's ``diffraction.h5`` always holds counts.
     """
     path = Path(path)
+    _check_convention(diffraction)
     if not path.exists():
         raise FileNotFoundError(f"scan data not found: {path} does not exist")
     if path.is_file():
         if path.suffix.lower() == ".npz":
-            return load_training_npz(path)
+            return load_training_npz(path, diffraction=diffraction)
         raise ValueError(
             f"cannot load scan data from {path}: expected a Ptychodus training-data .npz file "
             f"or a directory holding {TRAINING_NPZ_NAME} or {DIFFRACTION_H5_NAME} + {PRODUCT_H5_NAME}"
         )
     npz = path / TRAINING_NPZ_NAME
     if npz.is_file():
-        return load_training_npz(npz)
-    diffraction, product = path / DIFFRACTION_H5_NAME, path / PRODUCT_H5_NAME
-    if diffraction.is_file() and product.is_file():
-        return _load_hdf5_pair(diffraction, product)
-    missing = [p.name for p in (diffraction, product) if not p.is_file()]
+        return load_training_npz(npz, diffraction=diffraction)
+    patterns, product = path / DIFFRACTION_H5_NAME, path / PRODUCT_H5_NAME
+    if patterns.is_file() and product.is_file():
+        if diffraction == "amplitudes":
+            logger.warning("%s holds counts (Ptychodus's format); diffraction='amplitudes' "
+                           "applies to training-data NPZ files only and is ignored here",
+                           patterns)
+        return _load_hdf5_pair(patterns, product)
+    missing = [p.name for p in (patterns, product) if not p.is_file()]
     raise FileNotFoundError(
         f"no scan data in directory {path}: looked for {TRAINING_NPZ_NAME}, or for "
         f"{DIFFRACTION_H5_NAME} + {PRODUCT_H5_NAME} (missing: {', '.join(missing)})"
@@ -150,10 +226,14 @@ def _require(data: Any, key: str, path: Path, expected: str) -> np.ndarray:
     return np.asarray(data[key])
 
 
-def load_training_npz(path: str | os.PathLike[str]) -> ScanData:
+def load_training_npz(path: str | os.PathLike[str], *, diffraction: str = "auto") -> ScanData:
     """Load a Ptychodus training-data NPZ (``save_ptychopinn_training_data`` layout).
 
-    ``diff3d`` holds raw intensities of any dtype (converted in float64, then sqrt).
+    ``diff3d`` holds raw counts of any dtype (converted in float64, then sqrt), as Ptychodus
+    writes them, or amplitudes (their square roots), as PtychoPINN's datasets hold them.
+    ``diffraction="auto"`` decides from the values (`detect_diffraction`) and raises
+    ``ValueError`` when they cannot decide; ``"counts"`` / ``"amplitudes"`` override. The
+    reading used is logged.
     ``probeGuess`` may be 2-D or a 3-D mode stack (first mode used). ``xcoords``/``ycoords``
     are object pixels. With ``objectGuess`` absent, the canvas is the positions' bounding
     box plus N on each axis (as ``compute_object_geometry`` sizes it) and the positions are
@@ -161,6 +241,7 @@ def load_training_npz(path: str | os.PathLike[str]) -> ScanData:
     N x N patch then lies inside the canvas.
     """
     path = Path(path)
+    _check_convention(diffraction)
     if not path.is_file():
         raise FileNotFoundError(f"training-data NPZ not found: {path}")
     try:
@@ -168,7 +249,8 @@ def load_training_npz(path: str | os.PathLike[str]) -> ScanData:
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable NumPy .npz archive ({exc})") from exc
     with data:
-        counts = _require(data, "diff3d", path, "(M, N, N) raw diffraction intensities")
+        counts = _require(data, "diff3d", path,
+                          "(M, N, N) raw diffraction counts or their square roots")
         probe = _require(data, "probeGuess", path, "complex (N, N) or (modes, N, N) probe")
         x = _require(data, "xcoords", path, "(M,) x positions in object pixels")
         y = _require(data, "ycoords", path, "(M,) y positions in object pixels")
@@ -207,9 +289,12 @@ def load_training_npz(path: str | os.PathLike[str]) -> ScanData:
         shape = (int(guess.shape[0]), int(guess.shape[1]))
     else:
         positions, shape = _canvas_from_positions(positions, counts.shape[-1])
+    convention = _diffraction_convention(path, counts, bad, diffraction)
     try:
+        amplitudes = (amplitudes_from_counts(counts, bad) if convention == "counts"
+                      else _amplitudes_as_given(counts, bad))
         return ScanData(
-            amplitudes=amplitudes_from_counts(counts, bad),
+            amplitudes=amplitudes,
             probe=probe,
             positions_px=positions,
             object_shape=shape,
@@ -218,6 +303,48 @@ def load_training_npz(path: str | os.PathLike[str]) -> ScanData:
         )
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def _diffraction_convention(path: Path, values: np.ndarray, bad: np.ndarray | None,
+                            diffraction: str) -> str:
+    """The reading of ``diff3d`` to use (given, or detected), logged; ValueError if undecidable."""
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: 'diff3d' must hold real numbers (counts or amplitudes); got "
+                         f"dtype {values.dtype}")
+    if diffraction != "auto":
+        logger.info("%s: reading 'diff3d' as %s (given)", path, _DESCRIBE[diffraction])
+        return diffraction
+    convention, reason = detect_diffraction(values, bad)
+    if convention is None:
+        raise ValueError(
+            f"{path}: cannot tell whether 'diff3d' holds raw counts (Ptychodus's Export Training "
+            f"Data) or amplitudes, their square roots (PtychoPINN's datasets): {reason}. Say "
+            "which: --diffraction counts|amplitudes on the command line, or the setting "
+            "[PtychoPINNPyTorchTraining] diffraction in Ptychodus"
+        )
+    logger.info("%s: reading 'diff3d' as %s (detected: %s; override with --diffraction or "
+                "[PtychoPINNPyTorchTraining] diffraction)", path, _DESCRIBE[convention], reason)
+    return convention
+
+
+_DESCRIBE = {"counts": "raw counts", "amplitudes": "amplitudes (square roots of counts)"}
+
+
+def _amplitudes_as_given(values: np.ndarray, bad_pixels: np.ndarray | None) -> np.ndarray:
+    """float32 amplitudes with bad pixels zeroed; every other pixel finite and >= 0."""
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"diffraction amplitudes must be real numbers; got dtype {values.dtype}")
+    amplitudes = np.array(values, dtype=np.float32, copy=True)
+    if bad_pixels is not None:
+        amplitudes[:, np.asarray(bad_pixels, dtype=bool)] = 0.0
+    if not np.all(np.isfinite(amplitudes)):
+        count = int(amplitudes.size - np.count_nonzero(np.isfinite(amplitudes)))
+        raise ValueError(f"diffraction amplitudes contain {count} NaN or infinite values; expected "
+                         "finite, non-negative amplitudes (mark broken pixels as bad pixels)")
+    if np.any(amplitudes < 0):
+        raise ValueError(f"diffraction amplitudes contain negative values (minimum "
+                         f"{float(amplitudes.min())}); expected square roots of counts, >= 0")
+    return amplitudes
 
 
 def _canvas_from_positions(positions: np.ndarray, n: int) -> tuple[np.ndarray, tuple[int, int]]:

@@ -137,7 +137,7 @@ def _train(job: TrainJob, emit: Emit, should_stop: Callable[[], bool]) -> None:
     training, inference, execution = _configs(job)
     from ..data.io import load_scan
 
-    scan = load_scan(job.input_path)
+    scan = load_scan(job.input_path, diffraction=job.diffraction)
     training, inference = _with_n(training, inference, scan.N)
     bundle = _fit(scan, training, execution, emit, should_stop)
 

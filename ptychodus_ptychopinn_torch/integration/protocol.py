@@ -37,12 +37,14 @@ TAG_ERROR = "error"  # ("error", type_name, message, traceback_text)
 class TrainJob:
     """Train on the data in ``input_path`` and write the model to ``model_path``.
 
-    ``configs`` maps "model", "training", "inference", "execution" to `config_to_dict` output.
+    ``configs`` maps "model", "training", "inference", "execution" to `config_to_dict` output;
+    ``diffraction`` says what a training NPZ's ``diff3d`` holds (auto, counts, amplitudes).
     """
 
     input_path: Path
     model_path: Path
     configs: dict[str, dict[str, Any]]
+    diffraction: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -451,6 +451,7 @@ class PtychoPINNTorchReconstructor(TrainableReconstructor):
         })
         self._update_legacy(configs.training)
         check_training_dir(input_path)
+        diffraction = self._settings.diffraction
 
         if output_path.exists() and not output_path.is_dir():
             raise NotADirectoryError(
@@ -460,7 +461,7 @@ class PtychoPINNTorchReconstructor(TrainableReconstructor):
         model_path = output_path / MODEL_FILE_NAME
         self._goal = STEPS_PER_EPOCH * configs.training.nepochs
         job = TrainJob(input_path=input_path, model_path=model_path,
-                       configs=self._job_configs(configs))
+                       configs=self._job_configs(configs), diffraction=diffraction)
         self._logger.info("Training PtychoPINN (PyTorch) %s on %s for %d epochs -> %s",
                           self._name, input_path, configs.training.nepochs, model_path)
 

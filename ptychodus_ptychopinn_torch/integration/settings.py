@@ -36,6 +36,7 @@ from ..config import (
     ModelConfig,
     TrainingConfig,
 )
+from ..data.io import DIFFRACTION_CONVENTIONS
 
 __all__ = [
     "GROUP_PREFIX",
@@ -171,6 +172,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
        "Early-Stop Patience:", "Epochs without validation improvement before stopping."),
     _s("Training", "sequential_sampling", False, "training.sequential_sampling",
        "Sequential Sampling", "Take groups in scan order instead of at random."),
+    _s("Training", "diffraction", "auto", "plugin.diffraction", "Training NPZ Holds:",
+       "What diff3d of a training-data NPZ holds: counts = raw counts (Ptychodus's Export "
+       "Training Data); amplitudes = their square roots (PtychoPINN's datasets); auto = decide "
+       "from the values (integers: counts; non-integers whose squares are integers: amplitudes) "
+       "and stop with an error when they cannot. diffraction.h5 always holds counts.",
+       DIFFRACTION_CONVENTIONS),
     # Inference
     _s("Inference", "n_groups", 0, "inference.n_groups", "Groups:",
        "Groups to infer; 0 = every scan position.", zero_means="all"),
@@ -242,6 +249,17 @@ class PluginSettings:
     @property
     def nepochs(self) -> int:
         return int(self.value("Training", "nepochs"))
+
+    @property
+    def diffraction(self) -> str:
+        """What a training NPZ's diff3d holds (auto, counts, amplitudes); `SettingsError` names
+        the key of a bad value."""
+        value = str(self.value("Training", "diffraction")).strip().lower()
+        if value not in DIFFRACTION_CONVENTIONS:
+            raise SettingsError(
+                f"Invalid PtychoPINN (PyTorch) setting [{GROUP_PREFIX}Training] diffraction = "
+                f"{value!r}; expected one of " + ", ".join(DIFFRACTION_CONVENTIONS))
+        return value
 
 
 def _create_parameter(group: ParameterGroup, spec: SettingSpec) -> Parameter[Any]:

@@ -83,3 +83,19 @@ def test_keyboard_interrupt_exits_130(monkeypatch, capsys):
 def test_verbose_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         cli.main(["-v", "train", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o")])
+
+
+def test_train_refuses_an_npz_whose_diffraction_cannot_be_told(npz_path, tmp_path, capsys):
+    import numpy as np
+
+    with np.load(npz_path) as data:
+        arrays = dict(data)
+    arrays["diff3d"] = arrays["diff3d"] * 0.37  # scaled intensities: neither counts nor amplitudes
+    scaled = tmp_path / "scaled.npz"
+    np.savez(scaled, **arrays)
+    out = tmp_path / "o"
+    assert cli.main(["train", str(scaled), "--out", str(out)]) == 2
+    line = _one_clear_line(capsys)
+    assert "scaled.npz: cannot tell whether 'diff3d' holds raw counts" in line
+    assert "--diffraction counts|amplitudes" in line
+    assert not out.exists()

@@ -190,3 +190,14 @@ def test_check_cuda_without_gpu_fails_clearly(capsys):
         pytest.skip("a GPU is available here")
     assert cli.main(["check", "--device", "cuda"]) == 1
     assert "would fail" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["train", "d", "--out", "o"],
+                                     ["reconstruct", "d", "--model", "m", "--out", "r.npz"]])
+def test_diffraction_option(command, capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(command).diffraction == "auto"
+    for value in ("counts", "amplitudes"):
+        assert parser.parse_args([*command, "--diffraction", value]).diffraction == value
+    assert cli.main([*command, "--diffraction", "intensity"]) == 2
+    assert "invalid choice: 'intensity'" in capsys.readouterr().err

@@ -146,3 +146,98 @@ def test_hdf5_directory(small_scan, tmp_path):
     np.testing.assert_allclose(scan.positions_px, direct.positions_px, atol=1e-9)
     np.testing.assert_allclose(scan.probe, direct.probe)
     np.testing.assert_allclose(scan.object_guess, direct.object_guess)
+
+
+# ----------------------------------------------------------------------------- diff3d conventions
+def _counts(seed=0, shape=(3, 8, 8)):
+    """Poisson counts with plenty of values that are not perfect squares."""
+    return np.random.default_rng(seed).poisson(40.0, size=shape).astype(np.int64)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32, np.float64])
+def test_integer_valued_diff3d_is_read_as_counts(tmp_path, caplog, dtype):
+    counts = _counts()
+    caplog.set_level("INFO", logger="ptychodus_ptychopinn_torch.data.io")
+    scan = load_scan(_write(tmp_path / "c.npz", diff3d=counts.astype(dtype)))
+    np.testing.assert_allclose(scan.amplitudes, np.sqrt(counts), rtol=1e-6)
+    assert "reading 'diff3d' as raw counts (detected:" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_square_roots_of_counts_are_read_as_amplitudes(tmp_path, caplog, dtype):
+    counts = _counts(1)
+    amplitudes = np.sqrt(counts).astype(dtype)
+    caplog.set_level("INFO", logger="ptychodus_ptychopinn_torch.data.io")
+    scan = load_scan(_write(tmp_path / "a.npz", diff3d=amplitudes))
+    np.testing.assert_allclose(scan.amplitudes, amplitudes, rtol=1e-6)  # not counts**(1/4)
+    assert scan.mean_counts == pytest.approx(counts.sum(axis=(1, 2)).mean(), rel=1e-5)
+    assert ("reading 'diff3d' as amplitudes (square roots of counts) (detected: the values are "
+            "not integers but their squares are") in caplog.text
+
+
+def test_undecidable_diff3d_is_refused_with_the_way_out(tmp_path):
+    scaled = _counts(2) * 0.37  # e.g. flat-field corrected intensities
+    path = _write(tmp_path / "s.npz", diff3d=scaled)
+    with pytest.raises(ValueError) as info:
+        load_scan(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot tell whether 'diff3d' holds raw counts")
+    assert "neither integers (counts) nor square roots of integers (amplitudes)" in message
+    assert "--diffraction counts|amplitudes" in message
+    assert "[PtychoPINNPyTorchTraining] diffraction" in message
+
+
+def test_override_reads_what_it_is_told(tmp_path, caplog):
+    scaled = _counts(3) * 0.37
+    path = _write(tmp_path / "s.npz", diff3d=scaled)
+    caplog.set_level("INFO", logger="ptychodus_ptychopinn_torch.data.io")
+    as_counts = load_scan(path, diffraction="counts")
+    np.testing.assert_allclose(as_counts.amplitudes, np.sqrt(scaled), rtol=1e-6)
+    assert "reading 'diff3d' as raw counts (given)" in caplog.text
+    as_amplitudes = load_scan(path, diffraction="amplitudes")
+    np.testing.assert_allclose(as_amplitudes.amplitudes, scaled, rtol=1e-6)
+    # an integer file read as amplitudes when the user says so
+    counts = _counts(4)
+    told = load_scan(_write(tmp_path / "c.npz", diff3d=counts), diffraction="amplitudes")
+    np.testing.assert_array_equal(told.amplitudes, counts.astype(np.float32))
+
+
+def test_bad_pixels_do_not_decide_and_are_zeroed(tmp_path):
+    amplitudes = np.sqrt(_counts(5)).astype(np.float32)
+    bad = np.zeros((8, 8), bool)
+    bad[2, 3] = True
+    amplitudes[:, 2, 3] = np.nan  # a bad pixel may hold anything, even in an amplitude file
+    scan = load_scan(_write(tmp_path / "a.npz", diff3d=amplitudes, bad_pixels=bad))
+    assert scan.amplitudes[:, 2, 3].max() == 0.0
+    np.testing.assert_allclose(scan.amplitudes[:, 0, 0], amplitudes[:, 0, 0])
+
+
+def test_negative_or_invalid_amplitudes_and_options(tmp_path):
+    amplitudes = np.sqrt(_counts(6)).astype(np.float32)
+    amplitudes[0, 0, 0] = -1.5
+    with pytest.raises(ValueError, match=r"a.npz: diffraction amplitudes contain negative values"):
+        load_scan(_write(tmp_path / "a.npz", diff3d=amplitudes), diffraction="amplitudes")
+    with pytest.raises(ValueError, match=r"diffraction='sqrt' is invalid; expected one of "
+                                         r"'auto', 'counts', 'amplitudes'"):
+        load_scan(tmp_path / "a.npz", diffraction="sqrt")
+    with pytest.raises(ValueError, match=r"'diff3d' must hold real numbers .* complex128"):
+        load_scan(_write(tmp_path / "z.npz", diff3d=np.ones((3, 8, 8), complex)))
+
+
+def test_detection_knows_when_the_precision_cannot_tell():
+    from ptychodus_ptychopinn_torch.data.io import detect_diffraction
+
+    bright = np.sqrt(np.arange(10**7, 10**7 + 64, dtype=np.float64)).reshape(1, 8, 8)
+    convention, reason = detect_diffraction(bright.astype(np.float32))
+    assert convention is None and "too large for their precision" in reason
+    assert detect_diffraction(bright)[0] == "amplitudes"  # float64 still tells
+    assert detect_diffraction(np.zeros((2, 4, 4)))[0] == "counts"  # both readings agree
+    assert detect_diffraction(np.ones((2, 4, 4), np.uint8))[1] == "integer dtype uint8"
+
+
+def test_hdf5_pair_always_holds_counts(small_scan, tmp_path, caplog):
+    write_scan_files(small_scan, tmp_path / "batch")
+    scan = load_scan(tmp_path / "batch", diffraction="amplitudes")
+    direct = scan_from_reconstruct_input(small_scan.reconstruct_input)
+    np.testing.assert_array_equal(scan.amplitudes, direct.amplitudes)
+    assert "applies to training-data NPZ files only" in caplog.text

@@ -133,3 +133,13 @@ def refined_result_logged(job, emit, should_stop):
 def refined_result_silent(job, emit, should_stop):
     """A refined result whose warning was never logged by the worker."""
     _refined_result(job, emit, log_warning=False)
+
+
+def load_training_data(job, emit, should_stop):
+    """Read the training data as the real worker does (`child._train`) and say what it read."""
+    from ptychodus_ptychopinn_torch.data.io import load_scan
+
+    scan = load_scan(job.input_path, diffraction=job.diffraction)
+    logging.getLogger("ptychodus_ptychopinn_torch.fake").info(
+        "loaded %d patterns, largest amplitude %.6g", scan.num_positions,
+        float(scan.amplitudes.max()))

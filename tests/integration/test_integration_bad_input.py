@@ -132,3 +132,34 @@ def test_parent_reader_matches_the_checkpoint_format():
 
     assert modelfile.MODEL_FORMAT == checkpoint.FORMAT
     assert modelfile.MODEL_FORMAT_VERSION == checkpoint.FORMAT_VERSION
+
+
+def test_training_npz_convention_comes_from_the_data_or_the_setting(library, tiny_scan, tmp_path,
+                                                                    caplog):
+    import numpy
+
+    from ptychodus_ptychopinn_torch.data.io import save_training_npz
+
+    data = tmp_path / "data"
+    path = save_training_npz(data / "train_data.npz", tiny_scan.reconstruct_input)
+    with numpy.load(path) as npz:
+        arrays = dict(npz)
+    counts = arrays["diff3d"].astype(numpy.float64)
+    arrays["diff3d"] = counts * 0.37  # scaled intensities: the data cannot decide
+    numpy.savez(path, **arrays)
+    library.options.entry_point = f"{FAKES}:load_training_data"
+    reconstructor = library["PINN"]
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ValueError, match="cannot tell whether 'diff3d' holds raw counts"):
+        list(reconstructor.train(data, tmp_path / "out"))
+    assert any("training failed" in r.getMessage() for r in caplog.records)
+
+    library.settings.parameter("Training", "diffraction").set_value("counts")
+    list(reconstructor.train(data, tmp_path / "out"))
+    assert "reading 'diff3d' as raw counts (given)" in caplog.text
+    expected = numpy.sqrt(counts.max() * 0.37)
+    assert f"largest amplitude {expected:.6g}" in caplog.text
+
+    library.settings.parameter("Training", "diffraction").set_value("sqrt")
+    with pytest.raises(SettingsError, match=r"\[PtychoPINNPyTorchTraining\] diffraction = 'sqrt'"):
+        list(reconstructor.train(data, tmp_path / "out"))

@@ -126,7 +126,7 @@ def test_child_updates_legacy_view_before_touching_data(timeline, monkeypatch, t
     class Stop(Exception):
         pass
 
-    def load_scan(path):
+    def load_scan(path, *, diffraction="auto"):
         timeline.append("data")
         raise Stop
 
