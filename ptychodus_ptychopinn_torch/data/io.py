@@ -139,17 +139,110 @@ def load_scan(path: str | os.PathLike[str], *, diffraction: str = "auto") -> Sca
     )
 
 
+def _hdf5_problem(path: Path, what: str, expected: str) -> ValueError:
+    return ValueError(f"{path}: {what}; expected {expected}")
+
+
+def _open_hdf5(path: Path, expected: str) -> Any:
+    """``h5py.File`` of ``path``, or one ValueError naming the file (truncated, not HDF5)."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise _hdf5_problem(path, f"not a readable HDF5 file ({exc})", expected) from None
+
+
+def _dataset(handle: Any, path: Path, name: str, expected: str) -> Any:
+    """The dataset ``name``; ValueError naming file and dataset when missing or a group."""
+    import h5py
+
+    item = handle.get(name)
+    if not isinstance(item, h5py.Dataset):
+        what = "is missing" if item is None else "is not a dataset"
+        raise _hdf5_problem(path, f"dataset '{name}' {what}", expected)
+    return item
+
+
+def _check_hdf5_pair(diffraction_file: Path, product_file: Path) -> None:
+    """Check ranks, dtypes and counts of the batch pair before Ptychodus reads it.
+
+    Ptychodus's readers report a truncated file or a dataset of the wrong kind with a bare
+    ``KeyError`` or ``OSError`` (or read a wrong rank without a word), and pair patterns with
+    positions by index, silently dropping or interpolating when their counts differ (e.g. a
+    diffraction.h5 of one scan next to the product.h5 of another). One clear error naming the
+    file and the dataset instead.
+    """
+    expected_diffraction = ("Ptychodus's diffraction.h5 with datasets 'patterns' (M, N, N) counts, "
+                            "'indexes' (M,) and 'bad_pixels' (N, N)")
+    with _open_hdf5(diffraction_file, expected_diffraction) as handle:
+        patterns = _dataset(handle, diffraction_file, "patterns", "(M, N, N) diffraction counts")
+        if patterns.ndim != 3:
+            raise _hdf5_problem(diffraction_file, f"dataset 'patterns' has shape {patterns.shape}",
+                                "a stack of diffraction patterns (M, N, N)")
+        if patterns.dtype.kind not in "biuf":
+            raise _hdf5_problem(diffraction_file, f"dataset 'patterns' has dtype {patterns.dtype}",
+                                "integer or floating-point counts")
+        indexes = _dataset(handle, diffraction_file, "indexes", "(M,) integer scan indexes")
+        if indexes.ndim != 1 or indexes.dtype.kind not in "iu":
+            raise _hdf5_problem(
+                diffraction_file, f"dataset 'indexes' has shape {indexes.shape} and dtype "
+                f"{indexes.dtype}", "(M,) integer scan indexes, one per pattern")
+        if indexes.shape[0] != patterns.shape[0]:
+            raise _hdf5_problem(
+                diffraction_file, f"dataset 'indexes' holds {indexes.shape[0]} scan indexes but "
+                f"'patterns' holds {patterns.shape[0]} patterns", "one index per pattern")
+        bad = _dataset(handle, diffraction_file, "bad_pixels",
+                       f"(N, N) bad-pixel mask of the pattern shape {patterns.shape[1:]}")
+        if tuple(bad.shape) != patterns.shape[1:]:
+            raise _hdf5_problem(diffraction_file, f"dataset 'bad_pixels' has shape {bad.shape}",
+                                f"the pattern shape {patterns.shape[1:]}")
+        count = int(patterns.shape[0])
+
+    expected_product = ("Ptychodus's product.h5 with datasets 'probe_position_indexes', "
+                        "'probe_position_x_m', 'probe_position_y_m' (M,), 'probe' and 'object'")
+    with _open_hdf5(product_file, expected_product) as handle:
+        lengths = {}
+        for name in ("probe_position_indexes", "probe_position_x_m", "probe_position_y_m"):
+            item = _dataset(handle, product_file, name, "(M,) probe positions, one per pattern")
+            if item.ndim != 1:
+                raise _hdf5_problem(product_file, f"dataset '{name}' has shape {item.shape}",
+                                    "(M,) probe positions, one per pattern")
+            if item.dtype.kind not in "iuf":
+                raise _hdf5_problem(product_file, f"dataset '{name}' has dtype {item.dtype}",
+                                    "numbers")
+            lengths[name] = int(item.shape[0])
+        if len(set(lengths.values())) != 1:
+            raise _hdf5_problem(product_file, "the position datasets differ in length "
+                                f"({', '.join(f'{k}: {v}' for k, v in lengths.items())})",
+                                "one index, x and y per position")
+        for name in ("probe", "object"):
+            _dataset(handle, product_file, name, expected_product)
+        positions = lengths["probe_position_indexes"]
+    if positions != count:
+        raise ValueError(
+            f"{diffraction_file} dataset 'patterns' holds {count} patterns but {product_file} "
+            f"dataset 'probe_position_indexes' holds {positions} positions; expected one position "
+            "per pattern (are both files from the same scan?)"
+        )
+
+
+def _read_with_ptychodus(path: Path, load: Any) -> Any:
+    """``load(path)``; a failure (e.g. truncated data blocks) becomes a ValueError naming the file."""
+    try:
+        return load(path)
+    except (KeyError, OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot be read by Ptychodus ({type(exc).__name__}: {exc}); "
+                         "the file may be truncated or not written by Ptychodus") from exc
+
+
 def _load_hdf5_pair(diffraction_file: Path, product_file: Path) -> ScanData:
     from ptychodus.api.io import load_diffraction_data, load_product
     from ptychodus.api.reconstruct import prepare_reconstruct_input
 
-    try:
-        assembled = load_diffraction_data(diffraction_file)
-        product = load_product(product_file)
-    except (KeyError, OSError) as exc:
-        raise ValueError(
-            f"cannot read Ptychodus files {diffraction_file} / {product_file}: {exc}"
-        ) from exc
+    _check_hdf5_pair(diffraction_file, product_file)
+    assembled = _read_with_ptychodus(diffraction_file, load_diffraction_data)
+    product = _read_with_ptychodus(product_file, load_product)
     return scan_from_reconstruct_input(prepare_reconstruct_input(assembled, product))
 
 

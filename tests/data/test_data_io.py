@@ -1,6 +1,7 @@
 """load_scan / save_training_npz / scan_from_reconstruct_input."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -241,3 +242,83 @@ def test_hdf5_pair_always_holds_counts(small_scan, tmp_path, caplog):
     direct = scan_from_reconstruct_input(small_scan.reconstruct_input)
     np.testing.assert_array_equal(scan.amplitudes, direct.amplitudes)
     assert "applies to training-data NPZ files only" in caplog.text
+
+
+# ----------------------------------------------------------------------------- bad HDF5 pairs
+def _pair(scan, directory):
+    write_scan_files(scan, directory)
+    return directory / "diffraction.h5", directory / "product.h5"
+
+
+def _replace_dataset(path, name, data):
+    import h5py
+
+    with h5py.File(path, "r+") as handle:
+        attrs = dict(handle[name].attrs) if name in handle else {}
+        if name in handle:
+            del handle[name]
+        if data is not None:
+            handle.create_dataset(name, data=data)
+            handle[name].attrs.update(attrs)
+
+
+def _one_error(directory):
+    with pytest.raises(ValueError) as info:
+        load_scan(directory)
+    return str(info.value)
+
+
+def test_truncated_or_foreign_hdf5_files_name_the_file(small_scan, tmp_path):
+    diffraction, product = _pair(small_scan, tmp_path / "a")
+    data = diffraction.read_bytes()
+    diffraction.write_bytes(data[: len(data) // 2])
+    message = _one_error(tmp_path / "a")
+    assert message.startswith(f"{diffraction}: not a readable HDF5 file (")
+    assert "expected Ptychodus's diffraction.h5 with datasets 'patterns'" in message
+
+    diffraction, product = _pair(small_scan, tmp_path / "b")
+    product.write_bytes(b"this is not HDF5 at all")
+    assert _one_error(tmp_path / "b").startswith(f"{product}: not a readable HDF5 file (")
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("patterns", np.ones((25, 32)), r"dataset 'patterns' has shape \(25, 32\); expected a stack "
+                                    r"of diffraction patterns \(M, N, N\)"),
+    ("patterns", np.ones((25, 32, 32), np.complex64), r"dataset 'patterns' has dtype complex64; "
+                                                      r"expected integer or floating-point counts"),
+    ("patterns", None, r"dataset 'patterns' is missing; expected \(M, N, N\) diffraction counts"),
+    ("indexes", np.arange(20), r"dataset 'indexes' holds 20 scan indexes but 'patterns' holds 25 "
+                               r"patterns; expected one index per pattern"),
+    ("indexes", np.linspace(0, 1, 25), r"dataset 'indexes' has shape \(25,\) and dtype float64"),
+    ("bad_pixels", np.zeros((16, 16), bool), r"dataset 'bad_pixels' has shape \(16, 16\); "
+                                             r"expected the pattern shape \(32, 32\)"),
+])
+def test_bad_diffraction_datasets_name_file_and_dataset(small_scan, tmp_path, name, data, message):
+    diffraction, _ = _pair(small_scan, tmp_path / "scan")
+    _replace_dataset(diffraction, name, data)
+    text = _one_error(tmp_path / "scan")
+    assert text.startswith(f"{diffraction}: dataset '{name}'"), text
+    assert re.search(message, text), text
+
+
+def test_bad_product_datasets_name_file_and_dataset(small_scan, tmp_path):
+    _, product = _pair(small_scan, tmp_path / "scan")
+    _replace_dataset(product, "probe_position_x_m", np.zeros((25, 2)))
+    text = _one_error(tmp_path / "scan")
+    assert text.startswith(f"{product}: dataset 'probe_position_x_m' has shape (25, 2)"), text
+    _, product = _pair(small_scan, tmp_path / "other")
+    _replace_dataset(product, "probe", None)
+    assert _one_error(tmp_path / "other").startswith(f"{product}: dataset 'probe' is missing")
+
+
+def test_pattern_count_must_match_the_positions(small_scan, tmp_path):
+    from ptychodus_ptychopinn_torch.simulate import simulate_scan
+
+    diffraction, _ = _pair(small_scan, tmp_path / "scan")
+    _, other_product = _pair(simulate_scan(num_positions=16, N=32, seed=4), tmp_path / "other")
+    (tmp_path / "scan" / "product.h5").write_bytes(other_product.read_bytes())
+    text = _one_error(tmp_path / "scan")
+    assert text == (f"{diffraction} dataset 'patterns' holds 25 patterns but "
+                    f"{tmp_path / 'scan' / 'product.h5'} dataset 'probe_position_indexes' holds "
+                    "16 positions; expected one position per pattern (are both files from the "
+                    "same scan?)")
