@@ -31,6 +31,32 @@ def test_the_gate_fails_a_flat_reconstruction():
     assert quality_failures(perfect, thresholds) == []
 
 
+def _half_right(truth: np.ndarray, axis: int) -> np.ndarray:
+    """The truth over half the field and a flat object (its mean amplitude) over the other."""
+    out = truth.copy()
+    index = [slice(None), slice(None)]
+    index[axis] = slice(truth.shape[axis] // 2, None)
+    out[tuple(index)] = np.mean(np.abs(truth))
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(BASELINE["cases"]) if "obj" in BASELINE["cases"][n]["settings"]])
+def test_the_photograph_gate_fails_flat_and_half_right_objects(name):
+    """A photograph case must reject a flat object and one that is right over only half the field."""
+    entry = BASELINE["cases"][name]
+    case = QualityCase.from_dict(entry["settings"])
+    sim = simulate_scan(num_positions=case.num_positions, N=case.N, seed=case.seed,
+                        photons_per_pattern=case.photons_per_pattern, obj=case.obj)
+    truth = sim.product.object_.get_layer(0)
+    # the final object's thresholds (the network_ ones score the network output of a real run)
+    thresholds = {k: v for k, v in entry["thresholds"].items() if not k.startswith("network_")}
+    assert quality_failures(evaluate_object(np.full(truth.shape, 0.75 + 0j), sim.product), thresholds)
+    for axis in (0, 1):
+        half = evaluate_object(_half_right(truth, axis), sim.product)
+        assert quality_failures(half, thresholds), f"half-right object (axis {axis}) passes: {half}"
+    assert quality_failures(evaluate_object(truth, sim.product), thresholds) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BASELINE["cases"]))
 def test_reconstruction_quality(name):
