@@ -12,7 +12,7 @@ For each case (one `simulate_scan`, run one heavy job at a time in this process)
    `reconstruct_object(..., refine_iterations=0)`. The training curve is recorded with the
    **excess NLL** of every epoch: the epoch's training loss minus the Poisson NLL of the true
    object through the engine's refinement forward model (`refinement.negative_log_likelihood`
-   of ``truth * _fit_scale(truth)``; mean nats per pixel, ``log k!`` included). The units are
+   of ``truth * fit_global_scale(truth)``; mean nats per pixel, ``log k!`` included). The units are
    checked, not assumed: the true object is also pushed through the *training* forward model
    (the trained network's probe, gauge and count scale) and both truth NLLs are recorded; the
    final network's per-pattern loss over all patterns and its stitched object's NLL after the
@@ -178,10 +178,10 @@ class Likelihood:
 
     def scale(self, obj: np.ndarray) -> float:
         """The one amplitude factor that matches the measured total counts (as refinement fits it)."""
-        from ptychodus_ptychopinn_torch.refinement import _fit_scale
+        from ptychodus_ptychopinn_torch.refinement import fit_global_scale
 
         canvas = torch.as_tensor(np.asarray(obj, dtype=np.complex64)).to(self.device).reshape(-1)
-        return _fit_scale(canvas, self.spectrum, self.data, self.device)
+        return fit_global_scale(canvas, self.spectrum, self.data, self.device)
 
     def nll(self, obj: np.ndarray, *, fit_scale: bool = True) -> tuple[float, float]:
         """``(NLL, scale)`` of ``obj`` after the scale fit (as the refinement path evaluates it)."""
@@ -220,7 +220,7 @@ def training_model_checks(bundle: Any, scan: Any, training: Any, truth: np.ndarr
     from ptychodus_ptychopinn_torch import physics
     from ptychodus_ptychopinn_torch.data.dataset import GroupedDataset, extract_patches
     from ptychodus_ptychopinn_torch.data.grouping import group_positions
-    from ptychodus_ptychopinn_torch.refinement import _Batch
+    from ptychodus_ptychopinn_torch.refinement import PositionBatch
     from ptychodus_ptychopinn_torch.training import PtychoPINNModule
 
     network = bundle.network.eval()
@@ -244,7 +244,7 @@ def training_model_checks(bundle: Any, scan: Any, training: Any, truth: np.ndarr
             batch = {k: v.to(device) for k, v in dataset.get_batch(sel).items()}
             sums["net"] += float(module.compute_loss(batch)) * len(sel)
             obs = network.observed_count_amplitudes(batch["amplitudes"])
-            exact = _Batch(lik.data, torch.as_tensor(index[sel]), lik.spectrum, lik.device)
+            exact = PositionBatch(lik.data, torch.as_tensor(index[sel]), lik.spectrum, lik.device)
             psi = exact.probes * canvas[exact.flat].view_as(exact.probes)
             pred = physics.diffract(psi).to(device)[:, None]
             sums["exact"] += float(physics.poisson_nll(pred, obs, mask=mask)) * len(sel)

@@ -40,6 +40,8 @@ __all__ = [
     "RefinementResult",
     "RefinementCancelled",
     "ScanTensors",
+    "PositionBatch",
+    "fit_global_scale",
     "refine_object",
     "flat_object",
     "negative_log_likelihood",
@@ -151,8 +153,10 @@ class ScanTensors:
         return int(self.counts.shape[0])
 
 
-class _Batch:
-    """Flat canvas indices, shifted probes and counts of one set of positions."""
+class PositionBatch:
+    """One set of positions laid out for the forward model: flat canvas indices of each
+    ``N x N`` window (``flat``), the sub-pixel-shifted probes ``shift(P, d_j)`` (``probes``),
+    their phase ramps and the measured counts. ``probes * canvas[flat]`` are the exit waves."""
 
     def __init__(self, data: ScanTensors, index: torch.Tensor, probe_spectrum: torch.Tensor,
                  device: torch.device) -> None:
@@ -201,7 +205,7 @@ def negative_log_likelihood(obj: torch.Tensor, probe: torch.Tensor, data: ScanTe
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, data.num_positions, batch_size):
-            batch = _Batch(data, torch.arange(start, min(start + batch_size, data.num_positions)), spectrum, device)
+            batch = PositionBatch(data, torch.arange(start, min(start + batch_size, data.num_positions)), spectrum, device)
             psi = batch.probes * canvas[batch.flat].view_as(batch.probes)
             lam = torch.abs(torch.fft.fft2(psi, norm="ortho")) ** 2
             s, c = _nll_terms(lam, batch.counts, batch.good)
@@ -222,13 +226,16 @@ def flat_object(probe: np.ndarray | torch.Tensor, data: ScanTensors) -> torch.Te
     return torch.full(data.shape, amplitude, dtype=torch.complex64)
 
 
-def _fit_scale(canvas: torch.Tensor, spectrum: torch.Tensor, data: ScanTensors, device: torch.device,
-               sample: int = 512) -> float:
-    """Amplitude factor ``s`` so that ``s * O`` reproduces the measured total counts."""
+def fit_global_scale(canvas: torch.Tensor, spectrum: torch.Tensor, data: ScanTensors, device: torch.device,
+              sample: int = 512) -> float:
+    """Amplitude factor ``s`` so that ``s * O`` reproduces the measured total counts.
+
+    ``canvas`` is the flattened object, ``spectrum`` the FFT of the probe; up to ``sample``
+    positions spread over the scan are used (good detector pixels only)."""
     index = torch.linspace(0, data.num_positions - 1, min(sample, data.num_positions)).round().long().unique()
     predicted, measured = 0.0, 0.0
     for chunk in index.split(256):
-        batch = _Batch(data, chunk, spectrum, device)
+        batch = PositionBatch(data, chunk, spectrum, device)
         psi = batch.probes * canvas[batch.flat].view_as(batch.probes)
         lam = torch.abs(torch.fft.fft2(psi, norm="ortho")) ** 2
         counts = batch.counts
@@ -280,7 +287,7 @@ def refine_object(
     h, w = data.shape
     canvas = canvas.reshape(-1)
     spectrum = torch.fft.fft2(probe_t)
-    scale = _fit_scale(canvas, spectrum, data, device) if fit_scale else 1.0
+    scale = fit_global_scale(canvas, spectrum, data, device) if fit_scale else 1.0
     canvas = canvas * scale
     initial_loss = negative_log_likelihood(canvas.view(h, w), probe_t, data, device=device)
     best = (initial_loss, canvas.clone(), probe_t.clone(), 0)
@@ -303,7 +310,7 @@ def refine_object(
             for index in order.split(options.batch_size):
                 if should_stop is not None and should_stop():
                     raise RefinementCancelled("refinement was stopped before it finished")
-                batch = _Batch(data, index, spectrum, device)
+                batch = PositionBatch(data, index, spectrum, device)
                 patches = canvas[batch.flat].view_as(batch.probes)
                 psi = batch.probes * patches
                 field_ = torch.fft.fft2(psi, norm="ortho")

@@ -16,8 +16,8 @@ from ptychodus_ptychopinn_torch.refinement import (
     RefinementCancelled,
     RefinementOptions,
     ScanTensors,
-    _Batch,
-    _fit_scale,
+    PositionBatch,
+    fit_global_scale,
     flat_object,
     negative_log_likelihood,
     refine_object,
@@ -36,14 +36,14 @@ def clean():
 
 def _counts(obj, probe, data):
     spectrum = torch.fft.fft2(torch.as_tensor(probe).to(torch.complex64))
-    batch = _Batch(data, torch.arange(data.num_positions), spectrum, torch.device("cpu"))
+    batch = PositionBatch(data, torch.arange(data.num_positions), spectrum, torch.device("cpu"))
     psi = batch.probes * obj.reshape(-1)[batch.flat].view_as(batch.probes)
     return (torch.abs(torch.fft.fft2(psi, norm="ortho")) ** 2).double()
 
 
 def test_forward_model_reproduces_ptychodus_counts_exactly(clean):
     _, scan, data, truth = clean
-    scale = _fit_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    scale = fit_global_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
     predicted = _counts(truth * scale, scan.probe, data)
     measured = data.counts.double()
     ratio = predicted.sum(dim=(1, 2)) / measured.sum(dim=(1, 2))
@@ -57,7 +57,7 @@ def test_wrong_subpixel_sign_would_not_match(clean):
     """The same check with the sub-pixel shift reversed fails: the test above can fail."""
     _, scan, data, truth = clean
     flipped = ScanTensors(counts=data.counts, lower=data.lower, frac=-data.frac, good=None, shape=data.shape)
-    scale = _fit_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    scale = fit_global_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
     predicted = _counts(truth * scale, scan.probe, flipped)
     measured = data.counts.double()
     rel = float(torch.linalg.vector_norm(predicted - measured) / torch.linalg.vector_norm(measured))
@@ -74,8 +74,8 @@ def test_flat_object_matches_mean_intensity(clean):
 
 def test_scale_fit_removes_a_global_factor(clean):
     _, scan, data, truth = clean
-    s1 = _fit_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
-    s3 = _fit_scale(3 * truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    s1 = fit_global_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    s3 = fit_global_scale(3 * truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
     assert s3 == pytest.approx(s1 / 3, rel=1e-5)
 
 
@@ -187,7 +187,7 @@ def test_fresnel_scale_is_the_hosts_propagator_factor(clean):
     from ptychodus_ptychopinn_torch.data.io import fresnel_scale
 
     sim, scan, data, truth = clean
-    fitted = _fit_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
+    fitted = fit_global_scale(truth.reshape(-1), torch.fft.fft2(torch.as_tensor(scan.probe)), data, torch.device("cpu"))
     assert scan.propagator_scale == pytest.approx(fresnel_scale(sim.product, 64))
     assert scan.propagator_scale == pytest.approx(fitted, rel=1e-3)
 
