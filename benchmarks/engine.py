@@ -116,13 +116,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    parser.add_argument("--quick", action="store_true", help="CI-sized run (seconds)")
-    parser.add_argument("--out", type=Path, default=h.RESULTS_DIR, help="directory for engine-<device>.json")
-    parser.add_argument("--doc", type=Path, default=h.DOC, help="markdown file whose section is replaced")
-    parser.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
-    parser.add_argument("--precision", action="append", choices=("32-true", "bf16-mixed"),
-                        help="repeatable; default: 32-true on CPU, 32-true and bf16-mixed on CUDA")
+    h.add_common_arguments(parser, "engine", quick_help="CI-sized run (seconds)")
     args = parser.parse_args(argv)
     device = h.torch_device(args.device)
     precisions = args.precision or (["32-true", "bf16-mixed"] if device.type == "cuda" else ["32-true"])

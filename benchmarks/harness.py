@@ -18,6 +18,8 @@ Conventions
 
 from __future__ import annotations
 
+import argparse
+
 import contextlib
 import datetime as _dt
 import json
@@ -634,3 +636,17 @@ def machine_line(info: dict[str, Any]) -> str:
     return (f"{info['date_utc']}: {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch threads)"
             f"{gpu}; torch {info['torch']}, lightning {info['lightning']}, python {info['python']}{load_text}; "
             f"{info.get('wall_seconds', '?')} s wall.")
+
+
+def add_common_arguments(parser: "argparse.ArgumentParser", name: str, *, quick_help: str,
+                         doc_help: str = "do not touch the markdown file", precision: bool = True) -> None:
+    """The options every benchmark shares: ``--device``, ``--quick``, ``--out``, ``--doc``,
+    ``--no-doc`` and (optionally) the repeatable ``--precision``."""
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"directory for {name}-<device>.json")
+    parser.add_argument("--doc", type=Path, default=DOC, help="markdown file whose section is replaced")
+    parser.add_argument("--no-doc", action="store_true", help=doc_help)
+    if precision:
+        parser.add_argument("--precision", action="append", choices=("32-true", "bf16-mixed"),
+                            help="repeatable; default: 32-true on CPU, 32-true and bf16-mixed on CUDA")

@@ -776,15 +776,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=None, help="comma-separated case (or pretrained entry) names; default all")
     parser.add_argument("--cases-file", type=Path, default=CASES_FILE)
-    parser.add_argument("--quick", action="store_true", help="CI-sized: 128 positions, 2 epochs, few passes")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs for every case (default: from "
                         "max_steps, or the case's 'epochs')")
     parser.add_argument("--no-ptychi", action="store_true", help="skip pty-chi")
     parser.add_argument("--ptychi-python", type=Path, default=h.PTYCHI_PYTHON)
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    parser.add_argument("--out", type=Path, default=h.RESULTS_DIR, help="directory for realistic-<device>.json")
-    parser.add_argument("--doc", type=Path, default=h.DOC, help="markdown file whose section is replaced")
-    parser.add_argument("--no-doc", action="store_true", help="touch neither the markdown file nor docs/images")
+    h.add_common_arguments(parser, "realistic", quick_help="CI-sized: 128 positions, 2 epochs, few passes",
+                           doc_help="touch neither the markdown file nor docs/images", precision=False)
     parser.add_argument("--images", type=Path, default=None,
                         help="directory for the PNG panels (default docs/images/realistic, or <out>/realistic-images "
                              "with --no-doc or --quick)")
