@@ -245,7 +245,7 @@ def training_model_checks(bundle: Any, scan: Any, training: Any, truth: np.ndarr
             sums["net"] += float(module.compute_loss(batch)) * len(sel)
             obs = network.observed_count_amplitudes(batch["amplitudes"])
             exact = PositionBatch(lik.data, torch.as_tensor(index[sel]), lik.spectrum, lik.device)
-            psi = exact.probes * canvas[exact.flat].view_as(exact.probes)
+            psi = exact.probes * exact.patches(canvas)
             pred = physics.diffract(psi).to(device)[:, None]
             sums["exact"] += float(physics.poisson_nll(pred, obs, mask=mask)) * len(sel)
             obj = torch.as_tensor(patches[sel] * np.complex64(gauge)).to(device)[:, None]

@@ -35,6 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import physics
+
 __all__ = [
     "RefinementOptions",
     "RefinementResult",
@@ -171,26 +173,25 @@ class PositionBatch:
             raise ValueError("a probe window lies outside the object canvas; positions must keep every "
                              f"{n}x{n} window inside the {h}x{w} canvas")
         self.frac = data.frac[index].to(device)
-        self.ramp = _shift_ramp(n, self.frac, device)
+        self.ramp = physics.fourier_shift_ramp((n, n), self.frac, device=device)
         self.probes = torch.fft.ifft2(probe_spectrum * self.ramp)  # (B, N, N) shift(P, d_j)
         self.counts = data.counts[index].to(device, non_blocking=True)
         self.good = None if data.good is None else data.good.to(device)
 
+    def __len__(self) -> int:
+        return int(self.flat.shape[0])
 
-def _shift_ramp(n: int, frac: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Fourier phase ramps that move content by ``+frac`` (x, y) pixels: ``(B, N, N)`` complex64."""
-    f = torch.fft.fftfreq(n, device=device, dtype=torch.float32)
-    phase = -2.0 * math.pi * (f.view(1, 1, n) * frac[:, 0, None, None] + f.view(1, n, 1) * frac[:, 1, None, None])
-    return torch.polar(torch.ones_like(phase), phase)
+    def patches(self, canvas: torch.Tensor) -> torch.Tensor:
+        """The ``(B, N, N)`` windows of the flattened ``canvas`` under this set's probes."""
+        return canvas[self.flat].view_as(self.probes)
 
+    def intensity(self, canvas: torch.Tensor) -> torch.Tensor:
+        """Predicted counts ``|F(shift(P, d_j) O[window_j])|^2`` (unshifted detector layout)."""
+        return torch.abs(torch.fft.fft2(self.probes * self.patches(canvas), norm="ortho")) ** 2
 
-def _nll_terms(lam: torch.Tensor, k: torch.Tensor, good: torch.Tensor | None) -> tuple[float, int]:
-    """Sum of ``lambda - k log lambda + log k!`` over (good) pixels, and the pixel count."""
-    value = lam - k * torch.log(lam + 1e-6) + torch.lgamma(k + 1.0)
-    if good is not None:
-        value = value * good
-        return float(value.sum()), int(good.sum()) * lam.shape[0]
-    return float(value.sum()), value.numel()
+    def nll(self, lam: torch.Tensor) -> float:
+        """Mean Poisson NLL per pixel of predicted counts ``lam`` (`physics.poisson_nll`)."""
+        return float(physics.poisson_nll(torch.sqrt(lam), torch.sqrt(self.counts), mask=self.good))
 
 
 def negative_log_likelihood(obj: torch.Tensor, probe: torch.Tensor, data: ScanTensors, *,
@@ -202,16 +203,12 @@ def negative_log_likelihood(obj: torch.Tensor, probe: torch.Tensor, data: ScanTe
     device = device or obj.device
     canvas = obj.to(device, torch.complex64).reshape(-1)
     spectrum = torch.fft.fft2(probe.to(device, torch.complex64))
-    total, count = 0.0, 0
+    total = 0.0
     with torch.no_grad():
-        for start in range(0, data.num_positions, batch_size):
-            batch = PositionBatch(data, torch.arange(start, min(start + batch_size, data.num_positions)), spectrum, device)
-            psi = batch.probes * canvas[batch.flat].view_as(batch.probes)
-            lam = torch.abs(torch.fft.fft2(psi, norm="ortho")) ** 2
-            s, c = _nll_terms(lam, batch.counts, batch.good)
-            total += s
-            count += c
-    return total / max(count, 1)
+        for index in torch.arange(data.num_positions).split(batch_size):
+            batch = PositionBatch(data, index, spectrum, device)
+            total += batch.nll(batch.intensity(canvas)) * len(batch)
+    return total / max(data.num_positions, 1)
 
 
 def flat_object(probe: np.ndarray | torch.Tensor, data: ScanTensors) -> torch.Tensor:
@@ -236,8 +233,7 @@ def fit_global_scale(canvas: torch.Tensor, spectrum: torch.Tensor, data: ScanTen
     predicted, measured = 0.0, 0.0
     for chunk in index.split(256):
         batch = PositionBatch(data, chunk, spectrum, device)
-        psi = batch.probes * canvas[batch.flat].view_as(batch.probes)
-        lam = torch.abs(torch.fft.fft2(psi, norm="ortho")) ** 2
+        lam = batch.intensity(canvas)
         counts = batch.counts
         if batch.good is not None:
             lam, counts = lam * batch.good, counts * batch.good
@@ -304,20 +300,17 @@ def refine_object(
     for it in range(options.iterations):
         t0 = time.perf_counter()
         order = torch.randperm(m, generator=generator)
-        nll_sum, nll_count = 0.0, 0
+        nll_sum = 0.0
         update_probe = options.refine_probe and it >= options.probe_start
         with torch.no_grad():
             for index in order.split(options.batch_size):
                 if should_stop is not None and should_stop():
                     raise RefinementCancelled("refinement was stopped before it finished")
                 batch = PositionBatch(data, index, spectrum, device)
-                patches = canvas[batch.flat].view_as(batch.probes)
-                psi = batch.probes * patches
-                field_ = torch.fft.fft2(psi, norm="ortho")
+                patches = batch.patches(canvas)
+                field_ = torch.fft.fft2(batch.probes * patches, norm="ortho")
                 lam = field_.real ** 2 + field_.imag ** 2
-                s, c = _nll_terms(lam, batch.counts, batch.good)
-                nll_sum += s
-                nll_count += c
+                nll_sum += batch.nll(lam) * len(batch)
                 if options.noise_model == "poisson":
                     # half the Poisson gradient: equals the amplitude step near convergence
                     ratio = 1.0 + 0.5 * (batch.counts / (lam + 1e-3 * lam.mean()) - 1.0).clamp(max=8.0)
@@ -345,7 +338,7 @@ def refine_object(
                 done += 1
                 if on_batch is not None:
                     on_batch(done, total_batches)
-        loss = nll_sum / max(nll_count, 1)
+        loss = nll_sum / max(m, 1)
         pass_seconds.append(time.perf_counter() - t0)
         if not math.isfinite(loss) or not bool(torch.isfinite(torch.view_as_real(canvas)).all()):
             stopped = f"refinement diverged at pass {it + 1} (non-finite loss); kept the object of pass {best[3]}"
@@ -362,9 +355,10 @@ def refine_object(
                        f"(diverging); kept the object of pass {best[3]}")
             logger.warning(stopped)
             break
-    # The pass loss is measured while the object changes; the best object is the one after
-    # the pass with the lowest loss (or the start if no pass improved on it).
-    _, canvas, probe_t, _ = best if stopped else (None, canvas, probe_t, None)
+    if stopped:
+        # The pass loss is measured while the object changes; the best object is the one after
+        # the pass with the lowest loss (or the start if no pass improved on it).
+        _, canvas, probe_t, _ = best
     return RefinementResult(
         object=canvas.view(h, w).cpu().numpy().astype(np.complex64),
         probe=probe_t.cpu().numpy().astype(np.complex64),

@@ -37,8 +37,7 @@ def clean():
 def _counts(obj, probe, data):
     spectrum = torch.fft.fft2(torch.as_tensor(probe).to(torch.complex64))
     batch = PositionBatch(data, torch.arange(data.num_positions), spectrum, torch.device("cpu"))
-    psi = batch.probes * obj.reshape(-1)[batch.flat].view_as(batch.probes)
-    return (torch.abs(torch.fft.fft2(psi, norm="ortho")) ** 2).double()
+    return batch.intensity(obj.reshape(-1)).double()
 
 
 def test_forward_model_reproduces_ptychodus_counts_exactly(clean):
