@@ -366,17 +366,15 @@ def reconstruct_object(
         coverage=merged.coverage().cpu().numpy(),
         seconds=time.perf_counter() - start,
     )
-    network_seconds = network.seconds
 
     def refine_progress(batch_done: int, _: int) -> None:
         if on_batch is not None:
             on_batch(predict_batches + batch_done, total)
 
-    result = refine_reconstruction(
+    return refine_reconstruction(
         network, scan, inference, execution, device=devices[0], on_batch=refine_progress,
         on_pass=on_refine_pass, should_stop=should_stop,
     )
-    return dataclasses.replace(result, seconds=time.perf_counter() - start, network_seconds=network_seconds)
 
 
 #: Positions per refinement update (measured: docs/performance.md, "Refinement").
@@ -455,5 +453,7 @@ def refine_reconstruction(
         refinement=summary,
         probe=result.probe / propagator if options.refine_probe else None,
         seconds=reconstruction.seconds + summary.seconds,
+        network_seconds=(reconstruction.network_seconds if reconstruction.network_seconds is not None
+                         else reconstruction.seconds),
         warnings=tuple(warnings),
     )
