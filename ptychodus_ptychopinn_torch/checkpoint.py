@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import ModelConfig, TrainingConfig, config_from_dict, config_to_dict
+from .config import ModelConfig, TrainingConfig, config_to_dict, stored_training_config
 from .model.pinn import PhysicsConstants, PtychoPINN
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelBundle", "save_model", "load_model", "build_model"]
@@ -187,7 +187,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """Rebuild the `ModelBundle` stored in ``path`` (weights loaded strictly)."""
     payload = read_payload(path, map_location)
     try:
-        training = config_from_dict(TrainingConfig, _upgrade_training_config(payload["training_config"]))
+        training = stored_training_config(payload["training_config"])
         constants = PhysicsConstants.from_dict(payload["constants"])
         probe = payload["probe"].cpu().numpy().astype(np.complex64)
         network = build_model(training, constants, probe)
@@ -209,20 +209,4 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 def read_model_configs(path: str | os.PathLike) -> tuple[TrainingConfig, dict[str, Any]]:
     """The stored `TrainingConfig` and constants, without building the network."""
     payload = read_payload(path)
-    training = config_from_dict(TrainingConfig, _upgrade_training_config(payload["training_config"]))
-    return training, dict(payload["constants"])
-
-
-#: Model fields added after the first release, with the value every earlier file was trained
-#: with (not today's default): a network trained with swish borders must keep them.
-_FIELDS_BEFORE_THEY_EXISTED = {"border_activation": "swish", "object_init": "random"}
-
-
-def _upgrade_training_config(stored: Any) -> Any:
-    """Fill model fields that older model files lack with the behaviour they were trained with."""
-    if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
-        return stored
-    model = dict(stored["model"])
-    for name, value in _FIELDS_BEFORE_THEY_EXISTED.items():
-        model.setdefault(name, value)
-    return {**stored, "model": model}
+    return stored_training_config(payload["training_config"]), dict(payload["constants"])

@@ -23,6 +23,7 @@ __all__ = [
     "ExecutionConfig",
     "config_from_dict",
     "config_to_dict",
+    "stored_training_config",
 ]
 
 SUPPORTED_N = (64, 128, 256)
@@ -354,3 +355,17 @@ def config_from_dict(cls: type[_Config], data: Mapping[str, Any]) -> _Config:
     if "gpu_indices" in kwargs and kwargs["gpu_indices"] is not None:
         kwargs["gpu_indices"] = tuple(kwargs["gpu_indices"])
     return cls(**kwargs)
+
+
+#: Model fields added after the first release, with the value every earlier model file was
+#: trained with (not today's default): a network trained with swish borders must keep them.
+_FIELDS_BEFORE_THEY_EXISTED = {"border_activation": "swish", "object_init": "random"}
+
+
+def stored_training_config(data: Mapping[str, Any]) -> TrainingConfig:
+    """The `TrainingConfig` stored in a model file, with model fields that older files lack
+    filled in with the behaviour they were trained with. Every reader of model files (the
+    engine's loader and the Ptychodus-side reader, which must not import torch) uses this."""
+    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+        data = {**data, "model": {**_FIELDS_BEFORE_THEY_EXISTED, **data["model"]}}
+    return config_from_dict(TrainingConfig, data)

@@ -112,3 +112,16 @@ def test_importing_configs_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_stored_training_config_fills_fields_older_model_files_lack():
+    """Model files from before border_activation/object_init keep the network they were trained
+    with; fields present in the file always win."""
+    from ptychodus_ptychopinn_torch.config import config_to_dict, stored_training_config
+
+    stored = config_to_dict(TrainingConfig(model=ModelConfig(border_activation="head", object_init="flat")))
+    assert stored_training_config(stored).model.border_activation == "head"
+    for name in ("border_activation", "object_init"):
+        del stored["model"][name]
+    old = stored_training_config(stored)
+    assert (old.model.border_activation, old.model.object_init) == ("swish", "random")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, TrainingConfig, config_from_dict
+from ..config import ModelConfig, TrainingConfig, stored_training_config
 
 __all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "ModelFileInfo", "read_model_file_info"]
 
@@ -121,7 +121,7 @@ def read_model_file_info(path: str | Path) -> ModelFileInfo:
         )
 
     try:
-        training = config_from_dict(TrainingConfig, payload["training_config"])
+        training = stored_training_config(payload["training_config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path} is a damaged model file: bad training_config ({exc})") from exc
 
