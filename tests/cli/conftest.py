@@ -31,20 +31,6 @@ def h5_dir(simulated32, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def untrained_model(simulated32, tmp_path_factory):
+def untrained_model(simulated32, tmp_path_factory, write_untrained_model):
     """A valid model file (untrained weights) for N = 64, built without training."""
-    import torch
-
-    from ptychodus_ptychopinn_torch.checkpoint import ModelBundle, build_model, save_model
-    from ptychodus_ptychopinn_torch.config import ModelConfig, TrainingConfig
-    from ptychodus_ptychopinn_torch.data.grouping import group_positions
-    from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
-    from ptychodus_ptychopinn_torch.workflows.engine import derive_constants
-
-    scan = scan_from_reconstruct_input(simulated32.reconstruct_input)
-    training = TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1), nepochs=1)
-    constants = derive_constants(scan, training, group_positions(scan.positions_px, gridsize=1))
-    torch.manual_seed(0)
-    bundle = ModelBundle(network=build_model(training, constants, scan.probe),
-                         training_config=training, constants=constants, probe=scan.probe)
-    return save_model(bundle, tmp_path_factory.mktemp("model") / "model.ckpt")
+    return write_untrained_model(simulated32, tmp_path_factory.mktemp("model"))

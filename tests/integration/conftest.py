@@ -69,24 +69,10 @@ def small_settings(lib, *, epochs: int = 1, subprocess: bool = False) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_scan, tmp_path_factory):
+def tiny_model(tiny_scan, tmp_path_factory, write_untrained_model):
     """A valid model file for `tiny_scan` (N = 64, untrained weights), built without training."""
-    import torch
-
-    from ptychodus_ptychopinn_torch.checkpoint import ModelBundle, build_model, save_model
-    from ptychodus_ptychopinn_torch.config import ModelConfig, TrainingConfig
-    from ptychodus_ptychopinn_torch.data.grouping import group_positions
-    from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
-    from ptychodus_ptychopinn_torch.workflows.engine import derive_constants
-
-    scan = scan_from_reconstruct_input(tiny_scan.reconstruct_input)
-    training = TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1), nepochs=1)
-    constants = derive_constants(scan, training, group_positions(scan.positions_px, gridsize=1))
-    torch.manual_seed(0)
-    bundle = ModelBundle(network=build_model(training, constants, scan.probe),
-                         training_config=training, constants=constants, probe=scan.probe,
-                         history={"train_loss": [0.7, 0.6], "val_loss": [0.8, 0.7]})
-    return save_model(bundle, tmp_path_factory.mktemp("model") / "model.ckpt")
+    return write_untrained_model(tiny_scan, tmp_path_factory.mktemp("model"),
+                                 history={"train_loss": [0.7, 0.6], "val_loss": [0.8, 0.7]})
 
 
 @pytest.fixture()
