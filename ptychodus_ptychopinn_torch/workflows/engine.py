@@ -377,7 +377,8 @@ def reconstruct_object(
     )
 
 
-#: Positions per refinement update (measured: docs/performance.md, "Refinement").
+#: Positions per refinement update (measured: docs/performance.md, "Convergence levers and the
+#: refinement's update rule").
 REFINE_BATCH_SIZE = 64
 
 
