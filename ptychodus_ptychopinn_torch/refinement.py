@@ -36,12 +36,14 @@ import numpy as np
 import torch
 
 from . import physics
+from .data.patterns import DiffractionPatterns
 
 __all__ = [
     "RefinementOptions",
     "RefinementResult",
     "RefinementCancelled",
     "ScanTensors",
+    "StackCounts",
     "PositionBatch",
     "fit_global_scale",
     "refine_object",
@@ -113,27 +115,63 @@ class RefinementResult:
     pass_seconds: list[float] = field(default_factory=list)
 
 
+class StackCounts:
+    """Measured counts read a batch at a time from a pattern stack (`data.patterns`):
+    ``counts[index]`` is ``(k, N, N)`` float32 ``amplitude**2``, ifftshifted, bad pixels 0, the
+    same values `ScanTensors.from_arrays` holds for the whole scan."""
+
+    def __init__(self, patterns: DiffractionPatterns, good: torch.Tensor | None) -> None:
+        self.patterns = patterns
+        self.good = good
+        self.shape = tuple(patterns.shape)
+
+    def __getitem__(self, index: torch.Tensor | np.ndarray | slice) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        amp = torch.from_numpy(self.patterns.amplitudes(index))
+        counts = torch.fft.ifftshift(amp * amp, dim=(-2, -1)).contiguous()
+        return counts * self.good if self.good is not None else counts
+
+
 @dataclass
 class ScanTensors:
     """A scan's measured data laid out for refinement on one device.
 
     ``counts`` stay on the host (float32, unshifted detector layout) and move one batch at a
-    time; window corners and sub-pixel shifts are small per-position arrays.
+    time: either one tensor of the whole scan (`from_arrays`) or a `StackCounts` that reads each
+    batch from the scan's pattern stack when asked (`from_patterns`: memory is one batch).
+    Window corners and sub-pixel shifts are small per-position arrays.
     """
 
-    counts: torch.Tensor  # (M, N, N) float32, ifftshifted (zero frequency at [0, 0])
+    counts: torch.Tensor | StackCounts  # (M, N, N) float32, ifftshifted (zero frequency at [0, 0])
     lower: torch.Tensor  # (M, 2) int64 window corner (x, y) in the canvas
     frac: torch.Tensor  # (M, 2) float32 sub-pixel shift (x, y) of the probe, in [0, 1)
     good: torch.Tensor | None  # (N, N) bool good detector pixels (ifftshifted), or None
     shape: tuple[int, int]
 
     @classmethod
-    def from_arrays(cls, amplitudes: np.ndarray, positions_px: np.ndarray, object_shape: tuple[int, int],
-                    bad_pixels: np.ndarray | None = None) -> "ScanTensors":
-        """From ``sqrt(counts)`` patterns (zero frequency at N//2) and Ptychodus-centred positions."""
-        n = amplitudes.shape[-1]
+    def from_arrays(cls, amplitudes: np.ndarray | DiffractionPatterns, positions_px: np.ndarray,
+                    object_shape: tuple[int, int], bad_pixels: np.ndarray | None = None) -> "ScanTensors":
+        """From ``sqrt(counts)`` patterns (zero frequency at N//2) and Ptychodus-centred positions,
+        with the counts of the whole scan in one tensor."""
         amp = torch.as_tensor(np.asarray(amplitudes, dtype=np.float32))
         counts = torch.fft.ifftshift(amp * amp, dim=(-2, -1)).contiguous()
+        data = cls._layout(amp.shape[-1], positions_px, object_shape, bad_pixels, counts)
+        if data.good is not None:
+            data.counts = counts * data.good  # bad pixels hold no data (and no garbage in the flat start)
+        return data
+
+    @classmethod
+    def from_patterns(cls, patterns: DiffractionPatterns, positions_px: np.ndarray,
+                      object_shape: tuple[int, int], bad_pixels: np.ndarray | None = None) -> "ScanTensors":
+        """As `from_arrays`, reading each batch's counts from ``patterns`` when it is used."""
+        data = cls._layout(patterns.N, positions_px, object_shape, bad_pixels, None)
+        data.counts = StackCounts(patterns, data.good)
+        return data
+
+    @classmethod
+    def _layout(cls, n: int, positions_px: np.ndarray, object_shape: tuple[int, int],
+                bad_pixels: np.ndarray | None, counts: torch.Tensor | None) -> "ScanTensors":
         pos = np.asarray(positions_px, dtype=np.float64)
         half = (n - 1) / 2.0
         lower = np.floor(pos - half)
@@ -141,8 +179,7 @@ class ScanTensors:
         good = None
         if bad_pixels is not None and np.any(bad_pixels):
             good = torch.fft.ifftshift(torch.as_tensor(~np.asarray(bad_pixels, dtype=bool)), dim=(-2, -1))
-            counts = counts * good  # bad pixels hold no data (and no garbage in the flat start)
-        return cls(counts=counts, lower=torch.as_tensor(lower, dtype=torch.long),
+        return cls(counts=counts, lower=torch.as_tensor(lower, dtype=torch.long),  # type: ignore[arg-type]
                    frac=torch.as_tensor(frac, dtype=torch.float32), good=good,
                    shape=(int(object_shape[0]), int(object_shape[1])))
 
@@ -153,6 +190,13 @@ class ScanTensors:
     @property
     def num_positions(self) -> int:
         return int(self.counts.shape[0])
+
+    def pattern_totals(self, batch_size: int = 256) -> torch.Tensor:
+        """(M,) float64 total measured counts of each pattern, a batch at a time."""
+        if isinstance(self.counts, torch.Tensor):
+            return self.counts.double().sum(dim=(-2, -1))
+        return torch.cat([self.counts[index].double().sum(dim=(-2, -1))
+                          for index in torch.arange(self.num_positions).split(batch_size)])
 
 
 class PositionBatch:
@@ -218,7 +262,7 @@ def flat_object(probe: np.ndarray | torch.Tensor, data: ScanTensors) -> torch.Te
     """
     p = torch.as_tensor(probe).to(torch.complex64)
     power = float(torch.sum(torch.abs(p) ** 2))
-    mean_counts = float(data.counts.double().sum(dim=(-2, -1)).mean())
+    mean_counts = float(data.pattern_totals().mean())
     amplitude = math.sqrt(mean_counts / power) if power > 0 else 1.0
     return torch.full(data.shape, amplitude, dtype=torch.complex64)
 

@@ -105,7 +105,7 @@ def test_bad_pixels_are_ignored(clean):
     _, scan, _, truth = clean
     bad = np.zeros((64, 64), dtype=bool)
     bad[10:14, 40:50] = True
-    garbage = scan.amplitudes.copy()
+    garbage = scan.amplitudes[:]  # the stack reads as a new float32 array
     garbage[:, bad] = 1e3
     masked = ScanTensors.from_arrays(garbage, scan.positions_px, scan.object_shape, bad)
     clean_masked = ScanTensors.from_arrays(scan.amplitudes, scan.positions_px, scan.object_shape, bad)

@@ -20,6 +20,7 @@ import scipy.fft
 import torch
 from torch.utils.data import Dataset
 
+from .patterns import DiffractionPatterns
 from .scan import ScanData, mean_total_intensity
 
 __all__ = [
@@ -31,13 +32,14 @@ __all__ = [
 ]
 
 
-def normalisation_factor(amplitudes: np.ndarray) -> float:
+def normalisation_factor(amplitudes: DiffractionPatterns | np.ndarray) -> float:
     """kappa such that ``kappa * amplitudes`` has mean total squared amplitude (N/2)**2.
 
-    PtychoPINN's ``normalize_data`` target; computed in float64 so uint-sized counts and
-    large scans do not lose precision.
+    PtychoPINN's ``normalize_data`` target; computed in float64, a chunk of patterns at a time
+    (a `DiffractionPatterns` stack answers from its checked pass), so uint-sized counts and
+    large scans neither lose precision nor need a float copy.
     """
-    amp = np.asarray(amplitudes)
+    amp = amplitudes if isinstance(amplitudes, DiffractionPatterns) else np.asarray(amplitudes)
     mean_energy = mean_total_intensity(amp)
     if not np.isfinite(mean_energy) or mean_energy <= 0.0:
         raise ValueError(
@@ -100,8 +102,9 @@ def extract_patches(obj: np.ndarray, positions_px: np.ndarray, N: int) -> np.nda
 class GroupedDataset(Dataset):
     """Groups of normalised amplitudes with their relative offsets.
 
-    Everything is built once as contiguous tensors so that an item is a few index
-    operations (the loader is on the training hot path). Item ``i`` is a dict:
+    The small per-group arrays are built once as contiguous tensors; the amplitudes are read
+    from the scan's pattern stack when an item or batch is asked for (``sqrt`` of the stored
+    counts, times kappa), so the dataset holds no copy of the patterns. Item ``i`` is a dict:
     ``amplitudes`` float32 (C, N, N) = kappa * amplitudes[groups[i]];
     ``coords_relative`` float32 (C, 2) = -(r_c - mean_c r_c), (x, y) pixels;
     ``positions`` float64 (C, 2) absolute (x, y); ``index`` int64 (C,) pattern indices;
@@ -128,7 +131,7 @@ class GroupedDataset(Dataset):
             )
         self.kappa = float(kappa)
         self.groups = torch.from_numpy(groups.astype(np.int64, copy=True))
-        self.amplitudes = torch.from_numpy(scan.amplitudes).mul(self.kappa).contiguous()
+        self.patterns: DiffractionPatterns = scan.amplitudes
         self.positions = torch.from_numpy(scan.positions_px.copy())
         group_pos = scan.positions_px[groups.astype(np.int64)]  # (G, C, 2)
         rel = -(group_pos - group_pos.mean(axis=1, keepdims=True))
@@ -141,10 +144,15 @@ class GroupedDataset(Dataset):
     def __len__(self) -> int:
         return int(self.groups.shape[0])
 
+    def _amplitudes(self, index: torch.Tensor) -> torch.Tensor:
+        """``kappa * amplitudes`` of the patterns in ``index`` (any shape), read now."""
+        flat = self.patterns.amplitudes(index.numpy().reshape(-1))
+        return torch.from_numpy(flat).mul_(self.kappa).reshape(*index.shape, *flat.shape[1:])
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         index = self.groups[i]
         item = {
-            "amplitudes": self.amplitudes[index],
+            "amplitudes": self._amplitudes(index),
             "coords_relative": self.coords_relative[i],
             "positions": self.positions[index],
             "index": index,
@@ -158,7 +166,7 @@ class GroupedDataset(Dataset):
         sel = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
         index = self.groups[sel]
         batch = {
-            "amplitudes": self.amplitudes[index],
+            "amplitudes": self._amplitudes(index),
             "coords_relative": self.coords_relative[sel],
             "positions": self.positions[index],
             "index": index,

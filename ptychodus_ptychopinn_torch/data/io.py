@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .scan import ScanData, amplitudes_from_counts
+from .patterns import DiffractionPatterns, HDF5Patterns, stage
+from .scan import ScanData
 
 __all__ = [
     "DIFFRACTION_CONVENTIONS",
@@ -237,25 +238,95 @@ def _read_with_ptychodus(path: Path, load: Any) -> Any:
 
 
 def _load_hdf5_pair(diffraction_file: Path, product_file: Path) -> ScanData:
-    from ptychodus.api.io import load_diffraction_data, load_product
-    from ptychodus.api.reconstruct import prepare_reconstruct_input
+    """The batch pair, with the patterns read a batch at a time rather than loaded up front.
+
+    Patterns are paired with positions by Ptychodus's own ``prepare_reconstruct_input`` (run
+    on the pattern offsets, not the patterns). Where the patterns are then read from depends on
+    their size and the file's chunks (measured: docs/performance.md, "Large scans: memory"):
+
+    * no larger than the HDF5 chunk cache (a few hundred MB): their stored values, in their own
+      dtype, are held in memory (what the chunk cache would hold anyway; random access through
+      h5py costs as much as a refinement step per pattern);
+    * larger, with chunks that tile many patterns (h5py's automatic chunks, as Ptychodus writes
+      them): copied once, in storage order, into a raw scratch file, because reading one pattern
+      would decompress a whole row of chunks;
+    * larger, with whole-frame chunks or contiguous: read from ``diffraction.h5`` itself, which
+      stays open while the scan is used.
+    """
+    from ptychodus.api.io import load_product
 
     _check_hdf5_pair(diffraction_file, product_file)
-    assembled = _read_with_ptychodus(diffraction_file, load_diffraction_data)
+    indexes, bad, source = _open_diffraction(diffraction_file)
     product = _read_with_ptychodus(product_file, load_product)
-    return scan_from_reconstruct_input(prepare_reconstruct_input(assembled, product))
+    rows, paired = _pair_by_index(indexes, product)
+    stack = DiffractionPatterns(source, holds="counts", bad_pixels=bad, rows=rows)
+    try:
+        if stack.stored_nbytes <= source.cache_bytes:
+            stack = DiffractionPatterns(stack.raw(slice(None)), holds="counts", bad_pixels=bad)
+            source.close()
+        elif source.tiles_patterns:
+            logger.info("%s: 'patterns' is chunked in tiles of %d patterns (%s); copying the %.2f GiB "
+                        "once into a raw temporary file for reading by pattern", diffraction_file,
+                        source.chunks[0], "x".join(map(str, source.chunks)), stack.stored_nbytes / 2**30)
+            stack = stage(stack)
+            source.close()
+        return _scan_from_product(paired, stack, bad)
+    except OSError as exc:
+        raise ValueError(f"{diffraction_file}: the diffraction patterns cannot be read ({exc}); the "
+                         "file may be truncated or not written by Ptychodus") from exc
+
+
+def _open_diffraction(path: Path) -> tuple[np.ndarray, np.ndarray, HDF5Patterns]:
+    """``(indexes, bad_pixels, patterns)`` of a checked diffraction.h5; the patterns stay there."""
+    try:
+        with _open_hdf5(path, "Ptychodus's diffraction.h5") as handle:
+            indexes = np.asarray(handle["indexes"][()])
+            bad = np.asarray(handle["bad_pixels"][()], dtype=bool)
+        return indexes, bad, HDF5Patterns(path, "patterns")
+    except (KeyError, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); the file may be "
+                         "truncated or not written by Ptychodus") from exc
+
+
+def _pair_by_index(indexes: np.ndarray, product: Any) -> tuple[np.ndarray, Any]:
+    """``(rows, product)``: the diffraction rows Ptychodus pairs with positions, and the product
+    with those positions, from ``prepare_reconstruct_input`` given each row's offset as its
+    "pattern" (so the pairing rules, averaging and interpolation are Ptychodus's own)."""
+    from ptychodus.api.assemble import AssembledDiffractionData
+    from ptychodus.api.geometry import PixelGeometry
+    from ptychodus.api.reconstruct import prepare_reconstruct_input
+
+    offsets = np.arange(indexes.shape[0], dtype=np.int64).reshape(-1, 1, 1)
+    placeholder = AssembledDiffractionData(indexes, offsets, PixelGeometry(width_m=1.0, height_m=1.0),
+                                           np.zeros((1, 1), dtype=bool))
+    try:
+        ri = prepare_reconstruct_input(placeholder, product)
+    except ValueError as exc:
+        raise ValueError(f"the patterns cannot be paired with the product's positions: {exc}") from exc
+    return np.asarray(ri.diffraction_patterns).reshape(-1), ri.product
 
 
 def scan_from_reconstruct_input(ri: Any) -> ScanData:
     """Convert a Ptychodus ``ReconstructInput`` (patterns paired with positions by index).
 
     Positions come from the object geometry's centred-pixel mapping, the probe is the
-    first incoherent mode without OPR, the object is layer 0. Bad pixels (True = bad) are
-    zeroed in the amplitudes and kept as the loss mask.
+    first incoherent mode without OPR, the object is layer 0. The patterns stay Ptychodus's
+    array (no copy); bad pixels (True = bad) read as 0 and are kept as the loss mask.
     """
-    product = ri.product
-    patterns = np.asarray(ri.diffraction_patterns)
     bad = None if ri.bad_pixels is None else np.asarray(ri.bad_pixels, dtype=bool)
+    patterns = np.asarray(ri.diffraction_patterns)
+    if patterns.ndim != 3:
+        raise ValueError(
+            f"diffraction patterns must be a 3-D array (M, N, N) of counts; got shape {patterns.shape}")
+    if patterns.dtype.kind not in "biuf":
+        raise ValueError(f"diffraction patterns must be real numbers; got dtype {patterns.dtype}")
+    if bad is not None and bad.shape != patterns.shape[1:]:
+        raise ValueError(f"bad_pixels must have the pattern shape {patterns.shape[1:]}; got {bad.shape}")
+    return _scan_from_product(ri.product, DiffractionPatterns(patterns, holds="counts", bad_pixels=bad), bad)
+
+
+def _scan_from_product(product: Any, patterns: DiffractionPatterns, bad: np.ndarray | None) -> ScanData:
+    """ScanData of patterns already paired with ``product``'s positions."""
     try:
         geometry = product.object_.get_geometry()
     except ValueError as exc:
@@ -280,10 +351,9 @@ def scan_from_reconstruct_input(ri: Any) -> ScanData:
             "complex (N, N) probe of the pattern size"
         )
     obj = product.object_.get_layer(0)
-    amplitudes = amplitudes_from_counts(patterns, bad)
     return ScanData(
-        propagator_scale=fresnel_scale(product, amplitudes.shape[-1]),
-        amplitudes=amplitudes,
+        propagator_scale=fresnel_scale(product, patterns.N),
+        amplitudes=patterns,
         probe=probe_modes[0],
         positions_px=xy,
         object_shape=(int(obj.shape[0]), int(obj.shape[1])),
@@ -322,8 +392,8 @@ def _require(data: Any, key: str, path: Path, expected: str) -> np.ndarray:
 def load_training_npz(path: str | os.PathLike[str], *, diffraction: str = "auto") -> ScanData:
     """Load a Ptychodus training-data NPZ (``save_ptychopinn_training_data`` layout).
 
-    ``diff3d`` holds raw counts of any dtype (converted in float64, then sqrt), as Ptychodus
-    writes them, or amplitudes (their square roots), as PtychoPINN's datasets hold them.
+    ``diff3d`` holds raw counts of any dtype (kept as stored; square roots taken a batch at a
+    time, in float64 where float32 would round), as Ptychodus writes them, or amplitudes (their square roots), as PtychoPINN's datasets hold them.
     ``diffraction="auto"`` decides from the values (`detect_diffraction`) and raises
     ``ValueError`` when they cannot decide; ``"counts"`` / ``"amplitudes"`` override. The
     reading used is logged.
@@ -384,10 +454,8 @@ def load_training_npz(path: str | os.PathLike[str], *, diffraction: str = "auto"
         positions, shape = _canvas_from_positions(positions, counts.shape[-1])
     convention = _diffraction_convention(path, counts, bad, diffraction)
     try:
-        amplitudes = (amplitudes_from_counts(counts, bad) if convention == "counts"
-                      else _amplitudes_as_given(counts, bad))
         return ScanData(
-            amplitudes=amplitudes,
+            amplitudes=DiffractionPatterns(counts, holds=convention, bad_pixels=bad),
             probe=probe,
             positions_px=positions,
             object_shape=shape,
@@ -421,23 +489,6 @@ def _diffraction_convention(path: Path, values: np.ndarray, bad: np.ndarray | No
 
 
 _DESCRIBE = {"counts": "raw counts", "amplitudes": "amplitudes (square roots of counts)"}
-
-
-def _amplitudes_as_given(values: np.ndarray, bad_pixels: np.ndarray | None) -> np.ndarray:
-    """float32 amplitudes with bad pixels zeroed; every other pixel finite and >= 0."""
-    if values.dtype.kind not in "biuf":
-        raise ValueError(f"diffraction amplitudes must be real numbers; got dtype {values.dtype}")
-    amplitudes = np.array(values, dtype=np.float32, copy=True)
-    if bad_pixels is not None:
-        amplitudes[:, np.asarray(bad_pixels, dtype=bool)] = 0.0
-    if not np.all(np.isfinite(amplitudes)):
-        count = int(amplitudes.size - np.count_nonzero(np.isfinite(amplitudes)))
-        raise ValueError(f"diffraction amplitudes contain {count} NaN or infinite values; expected "
-                         "finite, non-negative amplitudes (mark broken pixels as bad pixels)")
-    if np.any(amplitudes < 0):
-        raise ValueError(f"diffraction amplitudes contain negative values (minimum "
-                         f"{float(amplitudes.min())}); expected square roots of counts, >= 0")
-    return amplitudes
 
 
 def _canvas_from_positions(positions: np.ndarray, n: int) -> tuple[np.ndarray, tuple[int, int]]:

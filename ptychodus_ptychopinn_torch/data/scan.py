@@ -2,7 +2,9 @@
 
 Every input route (Ptychodus ``ReconstructInput``, training-data NPZ, batch HDF5 files)
 ends here, so the engine sees one layout and every malformed input fails early with a
-message that names the problem and the expected form. No torch import in this module.
+message that names the problem and the expected form. The patterns stay in their stored form
+(`patterns.DiffractionPatterns`: counts or amplitudes, in memory or in a file) and become
+float32 amplitudes a batch at a time. No torch import in this module.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ScanData", "amplitudes_from_counts"]
+from .patterns import DiffractionPatterns
+
+__all__ = ["DiffractionPatterns", "ScanData", "amplitudes_from_counts", "mean_total_intensity"]
 
 
-def mean_total_intensity(amplitudes: np.ndarray, *, chunk: int = 1024) -> float:
+def mean_total_intensity(amplitudes: Any, *, chunk: int = 1024) -> float:
     """Mean over patterns of ``sum(amplitude**2)``, in float64, a chunk of patterns at a time
-    (a float64 copy of a 10^5-pattern scan would need 4x its memory at once)."""
+    (a float64 copy of a 10^5-pattern scan would need 4x its memory at once). A
+    `DiffractionPatterns` answers from its one checked pass."""
+    if isinstance(amplitudes, DiffractionPatterns):
+        return amplitudes.mean_total_intensity()
     amp = np.asarray(amplitudes)
     if amp.ndim != 3 or amp.shape[0] == 0:
         raise ValueError(f"amplitudes must be a non-empty (M, N, N) array; got shape {amp.shape}")
@@ -29,11 +36,12 @@ def mean_total_intensity(amplitudes: np.ndarray, *, chunk: int = 1024) -> float:
 
 
 def amplitudes_from_counts(counts: Any, bad_pixels: np.ndarray | None = None) -> np.ndarray:
-    """Return float32 ``sqrt(counts)`` with bad pixels zeroed, computed in float64.
+    """Return float32 ``sqrt(counts)`` with bad pixels zeroed, for a whole in-memory stack.
 
-    Counts of any dtype (uint32 detectors included) are cast to float64 before anything
-    else so large integer counts neither overflow nor lose precision. Bad pixels
-    (True = bad) may hold anything; every other pixel must be finite and >= 0.
+    Large integer counts (uint32 detectors included) take the square root in float64, a batch
+    at a time (`DiffractionPatterns`), so they neither overflow nor lose precision and no float64
+    copy of the stack is made. Bad pixels (True = bad) may hold anything; every other pixel must
+    be finite and >= 0. The engine reads a `DiffractionPatterns` batch by batch instead.
     """
     counts = np.asarray(counts)
     if counts.ndim != 3:
@@ -42,34 +50,16 @@ def amplitudes_from_counts(counts: Any, bad_pixels: np.ndarray | None = None) ->
         )
     if counts.dtype.kind not in "biuf":
         raise ValueError(f"diffraction patterns must be real numbers; got dtype {counts.dtype}")
-    data = counts.astype(np.float64, copy=True)
-    if bad_pixels is not None:
-        bad = np.asarray(bad_pixels, dtype=bool)
-        if bad.shape != data.shape[1:]:
-            raise ValueError(
-                f"bad_pixels must have the pattern shape {data.shape[1:]}; got {bad.shape}"
-            )
-        data[:, bad] = 0.0
-    if not np.all(np.isfinite(data)):
-        count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise ValueError(
-            f"diffraction patterns contain {count} NaN or infinite values; "
-            "expected finite, non-negative counts (mark broken pixels as bad pixels)"
-        )
-    if np.any(data < 0):
-        raise ValueError(
-            f"diffraction patterns contain negative counts (minimum {float(data.min())}); "
-            "expected non-negative photon counts (subtract the background and clip at 0 "
-            "first, or mark broken pixels as bad pixels)"
-        )
-    return np.sqrt(data).astype(np.float32)
+    return np.asarray(DiffractionPatterns(counts, holds="counts", bad_pixels=bad_pixels).check())
 
 
 @dataclass(frozen=True, eq=False)
 class ScanData:
     """A scan in engine layout (see docs/architecture.md).
 
-    amplitudes:   (M, N, N) float32, sqrt(counts); bad pixels set to 0.
+    amplitudes:   a `DiffractionPatterns` stack (M, N, N) that reads as float32 sqrt(counts),
+                  bad pixels 0 (``amplitudes[i]``, ``amplitudes.amplitudes(indices)``); given
+                  as one, or as a float array of amplitudes, which is wrapped without a copy.
     probe:        (N, N) complex64, first incoherent mode without OPR.
     positions_px: (M, 2) float64, columns (x, y) in object pixels, Ptychodus centred-pixel
                   convention (the probe centre, patch pixel (N-1)/2, sits at object (x, y)).
@@ -80,11 +70,12 @@ class ScanData:
                   orthonormal FFT (``counts = |c F_ortho(P O)|^2``), or None when unknown.
 
     Structural checks run on construction; configuration-dependent checks (N, gridsize,
-    neighbour count) run in :meth:`validate`. Inputs are converted to the dtypes above
-    and amplitudes at bad pixels are zeroed (on a copy).
+    neighbour count) run in :meth:`validate`; the values of every pattern are checked (finite,
+    >= 0) in one chunked pass that also measures the mean intensity. Inputs are converted to
+    the dtypes above; the patterns read 0 at bad pixels (the caller's array is never modified).
     """
 
-    amplitudes: np.ndarray
+    amplitudes: DiffractionPatterns
     probe: np.ndarray
     positions_px: np.ndarray
     object_shape: tuple[int, int]
@@ -106,9 +97,11 @@ class ScanData:
             if not np.isfinite(scale) or scale <= 0:
                 raise ValueError(f"propagator_scale must be a positive number or None; got {self.propagator_scale!r}")
             object.__setattr__(self, "propagator_scale", scale)
-        if bad is not None and np.any(amplitudes[:, bad]):
-            amplitudes = amplitudes.copy()  # never mutate the caller's array
-            amplitudes[:, bad] = 0.0
+        if bad is not None and amplitudes.bad_pixels is not None:
+            bad = bad | amplitudes.bad_pixels
+        elif bad is None and amplitudes.bad_pixels is not None:
+            bad = amplitudes.bad_pixels.copy()
+        amplitudes = amplitudes.with_bad_pixels(bad).check()
         object.__setattr__(self, "amplitudes", amplitudes)
         object.__setattr__(self, "probe", probe)
         object.__setattr__(self, "positions_px", positions)
@@ -129,7 +122,7 @@ class ScanData:
     @property
     def mean_counts(self) -> float:
         """Mean over patterns of the total counts (good pixels only), in float64."""
-        return mean_total_intensity(self.amplitudes)
+        return self.amplitudes.mean_total_intensity()
 
     # ------------------------------------------------------------------ validation
     def validate(self, *, N: int | None = None, gridsize: int = 1, neighbor_count: int = 4) -> None:  # noqa: N803
@@ -162,34 +155,32 @@ class ScanData:
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _check_amplitudes(value: Any) -> np.ndarray:
+    def _check_amplitudes(value: Any) -> DiffractionPatterns:
         if value is None:
             raise ValueError("amplitudes are missing; expected an (M, N, N) float array")
-        amp = np.asarray(value)
-        if amp.ndim != 3:
+        if isinstance(value, DiffractionPatterns):
+            shape, dtype = value.shape, value.stored_dtype
+        else:
+            value = np.asarray(value)
+            shape, dtype = value.shape, value.dtype
+        if len(shape) != 3:
             raise ValueError(
-                f"diffraction amplitudes must be a 3-D array (M, N, N); got shape {amp.shape}"
+                f"diffraction amplitudes must be a 3-D array (M, N, N); got shape {shape}"
             )
-        if amp.shape[0] == 0:
+        if shape[0] == 0:
             raise ValueError("the scan is empty: it has no diffraction patterns (expected M >= 1)")
-        if amp.shape[1] != amp.shape[2]:
+        if shape[1] != shape[2]:
             raise ValueError(
-                f"diffraction patterns must be square (M, N, N); got {amp.shape[1]}x{amp.shape[2]} "
-                f"(shape {amp.shape})"
+                f"diffraction patterns must be square (M, N, N); got {shape[1]}x{shape[2]} "
+                f"(shape {shape})"
             )
-        if amp.shape[1] == 0:
-            raise ValueError(f"diffraction patterns are empty; got shape {amp.shape}")
-        if amp.dtype.kind not in "biuf":
-            raise ValueError(f"amplitudes must be real numbers; got dtype {amp.dtype}")
-        amp = np.ascontiguousarray(amp, dtype=np.float32)
-        if not np.all(np.isfinite(amp)):
-            raise ValueError("diffraction amplitudes contain NaN or infinite values; expected finite values")
-        if np.any(amp < 0):
-            raise ValueError(
-                f"diffraction amplitudes contain negative values (minimum {float(amp.min())}); "
-                "expected sqrt(counts) >= 0"
-            )
-        return amp
+        if shape[1] == 0:
+            raise ValueError(f"diffraction patterns are empty; got shape {shape}")
+        if dtype.kind not in "biuf":
+            raise ValueError(f"amplitudes must be real numbers; got dtype {dtype}")
+        if isinstance(value, DiffractionPatterns):
+            return value
+        return DiffractionPatterns(np.ascontiguousarray(value), holds="amplitudes")
 
     @staticmethod
     def _check_probe(value: Any, n: int) -> np.ndarray:

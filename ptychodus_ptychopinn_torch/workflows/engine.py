@@ -405,7 +405,7 @@ def refine_reconstruction(
     if device is None:
         device = inference_devices(execution)[0]
     start = time.perf_counter()
-    data = ScanTensors.from_arrays(scan.amplitudes, scan.positions_px, scan.object_shape, scan.bad_pixels)
+    data = ScanTensors.from_patterns(scan.amplitudes, scan.positions_px, scan.object_shape, scan.bad_pixels)
     # With the host's propagator scale the refined object is the physical transmission of the
     # product's probe; without it, the object keeps the gauge the global scale fit gives it.
     propagator = scan.propagator_scale or 1.0

@@ -24,7 +24,7 @@ def test_from_reconstruct_input(small_scan):
     ri = small_scan.reconstruct_input
     scan = scan_from_reconstruct_input(ri)
     assert scan.amplitudes.shape == (25, 32, 32) and scan.amplitudes.dtype == np.float32
-    np.testing.assert_allclose(scan.amplitudes.astype(np.float64) ** 2, ri.diffraction_patterns, rtol=1e-6)
+    np.testing.assert_allclose(scan.amplitudes[:].astype(np.float64) ** 2, ri.diffraction_patterns, rtol=1e-6)
     np.testing.assert_array_equal(scan.positions_px, _expected_positions(ri.product))
     probe = ri.product.probes.get_probe_no_opr().get_incoherent_mode(0)
     np.testing.assert_allclose(scan.probe, probe, rtol=1e-6)

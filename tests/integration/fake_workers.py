@@ -142,4 +142,4 @@ def load_training_data(job, emit, should_stop):
     scan = load_scan(job.input_path, diffraction=job.diffraction)
     logging.getLogger("ptychodus_ptychopinn_torch.fake").info(
         "loaded %d patterns, largest amplitude %.6g", scan.num_positions,
-        float(scan.amplitudes.max()))
+        float(scan.amplitudes[:].max()))
