@@ -10,7 +10,9 @@ process per run releases all GPU memory. Why our own runner rather than Ptychodu
 * a stop request (Ptychodus's Stop button, or closing the event iterator) sets an event the
   worker checks between batches; a worker that does not end within ``stop_grace_s`` is
   terminated, then killed;
-* child log records are re-logged under the library logger so they reach the GUI log panel.
+* child log records are re-logged under the library logger so they reach the GUI log panel;
+* a reconstruction's diffraction patterns go to the child through a temporary file, not the
+  pipe (`handoff.share_patterns`), removed when the run ends however it ends.
 
 The in-process mode runs the same worker function in a daemon thread with the same events;
 tests and scripts use it to avoid the 3-5 s spawn cost. Torch-free.
@@ -36,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from .handoff import share_patterns
 from .protocol import TAG_ERROR, TAG_LOG, TAG_STARTED, Job
 
 __all__ = [
@@ -348,7 +351,8 @@ class JobRunner:
 
     ``stop_requested`` is polled while waiting (Ptychodus's task monitor ``is_stopping``);
     when true, the worker is asked to stop and ends within one batch. ``in_process`` selects
-    the thread mode. ``entry_point`` is injectable for tests.
+    the thread mode. ``entry_point`` is injectable for tests. ``scratch_dir`` is where the
+    patterns handed to a child are written (default: the system's temp directory, ``TMPDIR``).
     """
 
     def __init__(
@@ -360,8 +364,10 @@ class JobRunner:
         poll_interval_s: float = 0.2,
         stop_grace_s: float = 30.0,
         terminate_grace_s: float = 5.0,
+        scratch_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.in_process = in_process
+        self.scratch_dir = scratch_dir
         self.entry_point = entry_point
         self.stop_requested = stop_requested
         self.poll_interval_s = poll_interval_s
@@ -378,6 +384,18 @@ class JobRunner:
 
     def run(self, job: Job) -> Iterator[tuple[Any, ...]]:
         """Yield ``epoch``/``result``/``stopped`` events; raise on worker error or death."""
+        shared = None
+
+        if not self.in_process:  # a thread reads the patterns where they are
+            job, shared = share_patterns(job, self.scratch_dir)
+
+        try:
+            yield from self._run(job)
+        finally:
+            if shared is not None:
+                shared.close()
+
+    def _run(self, job: Job) -> Iterator[tuple[Any, ...]]:
         channel = self._open(job)
         stop_time: float | None = None
         finished = False

@@ -143,3 +143,29 @@ def load_training_data(job, emit, should_stop):
     logging.getLogger("ptychodus_ptychopinn_torch.fake").info(
         "loaded %d patterns, largest amplitude %.6g", scan.num_positions,
         float(scan.amplitudes[:].max()))
+
+
+def _read_shared_patterns(job, emit):
+    """Read every pattern the parent handed over, as the engine does (in batches)."""
+    stack = job.scan.amplitudes
+    total = sum(float(stack.amplitudes(numpy.arange(start, min(start + 7, len(stack)))).astype(
+        numpy.float64).sum()) for start in range(0, len(stack), 7))
+    emit("progress", 1, 2)
+    return {"source": type(stack.source).__name__, "path": str(getattr(stack.source, "path", "")),
+            "sum": total, "mean_counts": job.scan.mean_counts, "pid": os.getpid()}
+
+
+def read_shared_patterns(job, emit, should_stop):
+    """The patterns' file, what they sum to and the mean counts, as the worker sees them."""
+    emit("result", _read_shared_patterns(job, emit))
+
+
+def read_then_fail(job, emit, should_stop):
+    _read_shared_patterns(job, emit)
+    raise ValueError("the worker failed after reading the patterns")
+
+
+def read_then_die(job, emit, should_stop):
+    _read_shared_patterns(job, emit)
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
