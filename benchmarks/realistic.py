@@ -83,8 +83,8 @@ class Case:
     learning_rate: float = 1e-3
     max_steps: int = 2300
     epochs: int | None = None
-    refine_passes: tuple[int, ...] = (10, 30, 50, 100)
-    match_passes: int = 50
+    refine_passes: tuple[int, ...] = (10, 50, 100, 200)
+    match_passes: int = 200
     ptychi_epochs: int = 100
     training: dict = dataclasses.field(default_factory=dict)
     model: dict = dataclasses.field(default_factory=dict)

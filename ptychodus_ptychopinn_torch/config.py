@@ -257,7 +257,7 @@ class InferenceConfig:
     debug: bool = False
     output_dir: Path = Path("inference_outputs")
     backend: str = "pytorch"
-    refine_iterations: int = 50
+    refine_iterations: int = 200
     refine_probe: bool = False
 
     def __post_init__(self) -> None:

@@ -75,10 +75,10 @@ class RefinementOptions:
                   the Gaussian-amplitude step of ePIE, which over-fits noise at low counts).
     """
 
-    iterations: int = 50
+    iterations: int = 200
     batch_size: int = 64
     step: float = 1.0
-    alpha: float = 0.2
+    alpha: float = 0.5
     refine_probe: bool = False
     probe_start: int = 2
     divergence_patience: int = 4
