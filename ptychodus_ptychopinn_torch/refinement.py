@@ -288,6 +288,34 @@ def fit_global_scale(canvas: torch.Tensor, spectrum: torch.Tensor, data: ScanTen
     return math.sqrt(measured / predicted)
 
 
+def _object_step(canvas: torch.Tensor, num_buf: torch.Tensor, den_buf: torch.Tensor, flat: torch.Tensor,
+                 numerator: torch.Tensor, weight: torch.Tensor, alpha: float, beta: float, sparse: bool) -> None:
+    """``canvas += beta * sum(numerator) / ((1 - alpha) sum(weight) + alpha max sum(weight))``, in
+    place, the sums taken per canvas pixel over the set's windows (``flat``: their pixel indices).
+
+    ``num_buf``/``den_buf`` are canvas-sized zero buffers and are left zero. Dense: the whole
+    canvas is updated (cheapest when the canvas is no larger than a set's windows). Sparse: only
+    the set's pixels are read, updated and cleared, so a set costs its own size, not the
+    canvas's (a beamline canvas of 10^8 pixels would otherwise be swept for every set). Both give
+    the same values bit for bit.
+    """
+    num_buf.index_add_(0, flat, numerator)
+    den_buf.index_add_(0, flat, weight)
+    if sparse:
+        num, den = num_buf[flat], den_buf[flat]
+        num_buf.index_fill_(0, flat, 0)
+        den_buf.index_fill_(0, flat, 0)
+        den = (1.0 - alpha) * den + alpha * den.max()
+        # a pixel in several windows appears several times in ``flat``, always with the same
+        # sums, so every duplicate writes the same value
+        canvas[flat] = canvas[flat] + beta * num / den.clamp_min(1e-20)
+    else:
+        den = (1.0 - alpha) * den_buf + alpha * den_buf.max()
+        canvas.add_(beta * num_buf / den.clamp_min(1e-20))
+        num_buf.zero_()
+        den_buf.zero_()
+
+
 def refine_object(
     initial: np.ndarray | torch.Tensor | None,
     probe: np.ndarray | torch.Tensor,
@@ -341,6 +369,9 @@ def refine_object(
     done = 0
     rising = 0
     beta, alpha = float(options.step), float(options.alpha)
+    num_buf = torch.zeros_like(canvas)
+    den_buf = torch.zeros(canvas.shape, dtype=torch.float32, device=device)
+    sparse = canvas.numel() > 2 * options.batch_size * n * n
     for it in range(options.iterations):
         t0 = time.perf_counter()
         order = torch.randperm(m, generator=generator)
@@ -364,18 +395,15 @@ def refine_object(
                     ratio = torch.where(batch.good, ratio, torch.ones_like(ratio))
                 dpsi = torch.fft.ifft2(field_ * (ratio - 1.0), norm="ortho")
                 # object: illumination-preconditioned step, summed over the set
-                num = torch.zeros_like(canvas).index_add_(0, batch.flat.reshape(-1),
-                                                          (torch.conj(batch.probes) * dpsi).reshape(-1))
-                den = torch.zeros(canvas.shape, dtype=torch.float32, device=device).index_add_(
-                    0, batch.flat.reshape(-1), (torch.abs(batch.probes) ** 2).reshape(-1))
-                den = (1.0 - alpha) * den + alpha * den.max()
+                _object_step(canvas, num_buf, den_buf, batch.flat.reshape(-1),
+                             (torch.conj(batch.probes) * dpsi).reshape(-1),
+                             (torch.abs(batch.probes) ** 2).reshape(-1), alpha, beta, sparse)
                 if update_probe:
                     # probe: the symmetric step, with each object patch moved back by -d_j
                     back = torch.conj(batch.ramp)
                     pnum = torch.fft.ifft2(torch.fft.fft2(torch.conj(patches) * dpsi) * back).sum(0)
                     pden = (torch.abs(patches) ** 2).sum(0)
                     pden = (1.0 - alpha) * pden + alpha * pden.max()
-                canvas = canvas + beta * num / den.clamp_min(1e-20)
                 if update_probe:
                     probe_t = probe_t + beta * pnum / pden.clamp_min(1e-20)
                     spectrum = torch.fft.fft2(probe_t)

@@ -205,3 +205,30 @@ def test_engine_refinement_returns_the_physical_transmission(clean):
     assert result.refinement.final_loss < result.refinement.network_loss
     assert result.refinement.final_loss < result.refinement.flat_loss
     np.testing.assert_array_equal(result.network_object, start.object)
+
+
+def test_object_step_sparse_and_dense_agree_bit_for_bit():
+    """The per-set object update touches only the set's pixels on large canvases (sparse) and
+    sweeps the canvas on small ones (dense); both must give the same values and leave the
+    buffers zero."""
+    from ptychodus_ptychopinn_torch.refinement import _object_step
+
+    g = torch.Generator().manual_seed(3)
+    size, n, sets = 5000, 16, 6
+    flat = torch.randint(0, size - n * n, (sets, 1), generator=g) + torch.arange(n * n).view(1, -1)
+    flat = flat.reshape(-1)  # overlapping windows: many pixels appear several times
+    numerator = torch.complex(torch.randn(flat.numel(), generator=g), torch.randn(flat.numel(), generator=g))
+    weight = torch.rand(flat.numel(), generator=g)
+    start = torch.complex(torch.randn(size, generator=g), torch.randn(size, generator=g))
+    results = []
+    for sparse in (False, True):
+        canvas = start.clone()
+        num_buf, den_buf = torch.zeros_like(canvas), torch.zeros(size)
+        _object_step(canvas, num_buf, den_buf, flat, numerator, weight, 0.5, 1.0, sparse)
+        assert not num_buf.any() and not den_buf.any()
+        results.append(canvas)
+    assert torch.equal(results[0], results[1])
+    untouched = torch.ones(size, dtype=torch.bool)
+    untouched[flat] = False
+    assert torch.equal(results[1][untouched], start[untouched])
+    assert not torch.equal(results[1][flat], start[flat])
