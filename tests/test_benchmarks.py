@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,3 +174,41 @@ def test_realistic_quick(tmp_path):
     assert (tmp_path / "realistic-images" / "brick-gravel.png").stat().st_size > 10_000
     if before is not None:
         assert doc_file.stat().st_mtime == before  # --no-doc leaves the docs alone
+
+
+def test_information_bound_tiles_keep_groups_apart_and_subpixel_shifts():
+    sys.path.insert(0, str(BENCHMARKS))
+    import information_bound
+
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(40, 200, size=(50, 2))
+    groups, tiled, shape = information_bound.group_tiles(positions, 4, 64)
+    assert groups.shape == (50, 4) and np.all(groups[:, 0] == np.arange(50))  # seed first
+    # each group keeps its positions' sub-pixel parts and relative offsets ...
+    np.testing.assert_allclose(np.mod(tiled, 1.0), np.mod(positions[groups], 1.0), atol=1e-9)
+    np.testing.assert_allclose(tiled - tiled[:, :1], positions[groups] - positions[groups][:, :1], atol=1e-9)
+    # ... and its windows stay inside its own tile of the canvas
+    lo, hi = tiled.min(axis=1) - 31.5, tiled.max(axis=1) + 31.5
+    assert lo.min() >= 0 and hi[:, 0].max() < shape[1] and hi[:, 1].max() < shape[0]
+    boxes = np.concatenate([lo, hi], axis=1)
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (i, j)
+
+
+@pytest.mark.slow
+def test_information_bound_quick(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "information_bound.py"), "--quick", "--no-doc", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "information-bound-cpu-quick.json").read_text())
+    entry = doc["cases"]["brick-gravel"]
+    assert [g["group_size"] for g in entry["groups"]] == [1, 4]
+    assert entry["groups"][1]["patterns_per_pass"] == 4 * entry["groups"][0]["patterns_per_pass"]
+    for g in entry["groups"]:
+        assert math.isfinite(g["final_nll"]) and g["final_nll"] > 0
+        for key in ("amplitude_ssim", "phase_ssim"):
+            assert -1.0 <= g["stitched"][key] <= 1.0 and -1.0 <= g["stitched_phase_aligned"][key] <= 1.0
