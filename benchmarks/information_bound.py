@@ -62,7 +62,7 @@ def group_tiles(positions: np.ndarray, c: int, n: int) -> tuple[np.ndarray, np.n
     return groups, tiled, (per_row * side, per_row * side)
 
 
-def run_group_size(case: realistic.Case, sim: Any, scan: Any, c: int, passes: int, alpha: float | None,
+def run_group_size(sim: Any, scan: Any, c: int, passes: int, alpha: float | None,
                    device: torch.device) -> dict[str, Any]:
     from ptychodus_ptychopinn_torch.data.dataset import extract_patches
     from ptychodus_ptychopinn_torch.inference import stitch_patches
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"settings": case.simulate_kwargs(), "truth_nll": lik.nll(truth)[0],
                  "flat_amplitude_ssim": flat["amplitude_ssim"], "groups": []}
         for c in sizes:
-            r = run_group_size(case, sim, scan, c, passes, args.alpha, device)
+            r = run_group_size(sim, scan, c, passes, args.alpha, device)
             print(name, r, flush=True)
             entry["groups"].append(r)
         doc["cases"][name] = entry

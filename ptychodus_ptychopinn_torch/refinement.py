@@ -404,7 +404,6 @@ def refine_object(
                     pnum = torch.fft.ifft2(torch.fft.fft2(torch.conj(patches) * dpsi) * back).sum(0)
                     pden = (torch.abs(patches) ** 2).sum(0)
                     pden = (1.0 - alpha) * pden + alpha * pden.max()
-                if update_probe:
                     probe_t = probe_t + beta * pnum / pden.clamp_min(1e-20)
                     spectrum = torch.fft.fft2(probe_t)
                 done += 1
