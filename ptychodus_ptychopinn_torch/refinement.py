@@ -15,7 +15,8 @@ Per batch of positions: the exit waves' Fourier amplitudes are replaced by the m
 ``beta * sum_j conj(P_j) dpsi_j / ((1 - alpha) sum_j |P_j|^2 + alpha max sum_j |P_j|^2)``: a
 gradient step of the amplitude (variance-stabilised Poisson) likelihood, preconditioned by the
 illumination so bright and dim pixels converge at the same rate. Optionally the probe gets the
-symmetric update. Memory is the canvas plus one batch; everything runs on one device.
+symmetric update. Memory is the canvas plus one batch (plus, with a fixed probe, every position's
+shifted probe and counts when they fit `POSITION_CACHE_BYTES`); everything runs on one device.
 
 Why not plain Adam on the pixels: measured (shared/docs/findings.md, item 12), Adam at a fixed
 step drives the phase well but lets the amplitude drift; the illumination-preconditioned
@@ -45,6 +46,8 @@ __all__ = [
     "ScanTensors",
     "StackCounts",
     "PositionBatch",
+    "PositionCache",
+    "POSITION_CACHE_BYTES",
     "fit_global_scale",
     "refine_object",
     "flat_object",
@@ -202,10 +205,13 @@ class ScanTensors:
 class PositionBatch:
     """One set of positions laid out for the forward model: flat canvas indices of each
     ``N x N`` window (``flat``), the sub-pixel-shifted probes ``shift(P, d_j)`` (``probes``),
-    their phase ramps and the measured counts. ``probes * canvas[flat]`` are the exit waves."""
+    their phase ramps and the measured counts. ``probes * canvas[flat]`` are the exit waves.
+
+    With a `PositionCache` the probes and counts are taken from it instead of being computed
+    and read again (the same values)."""
 
     def __init__(self, data: ScanTensors, index: torch.Tensor, probe_spectrum: torch.Tensor,
-                 device: torch.device) -> None:
+                 device: torch.device, cache: "PositionCache | None" = None) -> None:
         n = data.n
         h, w = data.shape
         lower = data.lower[index].to(device)
@@ -217,10 +223,23 @@ class PositionBatch:
             raise ValueError("a probe window lies outside the object canvas; positions must keep every "
                              f"{n}x{n} window inside the {h}x{w} canvas")
         self.frac = data.frac[index].to(device)
-        self.ramp = physics.fourier_shift_ramp((n, n), self.frac, device=device)
-        self.probes = torch.fft.ifft2(probe_spectrum * self.ramp)  # (B, N, N) shift(P, d_j)
-        self.counts = data.counts[index].to(device, non_blocking=True)
+        self._n = n
+        self._ramp: torch.Tensor | None = None
+        if cache is None:
+            self.probes = torch.fft.ifft2(probe_spectrum * self.ramp)  # (B, N, N) shift(P, d_j)
+            self.counts = data.counts[index].to(device, non_blocking=True)
+        else:
+            selected = index.to(cache.probes.device)
+            self.probes = cache.probes[selected]
+            self.counts = cache.counts[selected]
         self.good = None if data.good is None else data.good.to(device)
+
+    @property
+    def ramp(self) -> torch.Tensor:
+        """The ``(B, N, N)`` Fourier phase ramps of the positions' sub-pixel shifts."""
+        if self._ramp is None:
+            self._ramp = physics.fourier_shift_ramp((self._n, self._n), self.frac, device=self.frac.device)
+        return self._ramp
 
     def __len__(self) -> int:
         return int(self.flat.shape[0])
@@ -236,6 +255,37 @@ class PositionBatch:
     def nll(self, lam: torch.Tensor) -> float:
         """Mean Poisson NLL per pixel of predicted counts ``lam`` (`physics.poisson_nll`)."""
         return float(physics.poisson_nll(torch.sqrt(lam), torch.sqrt(self.counts), mask=self.good))
+
+
+POSITION_CACHE_BYTES = 256 * 2**20
+"""Largest `PositionCache` (bytes on the refinement's device) that `refine_object` builds."""
+
+
+class PositionCache:
+    """Every position's shifted probe and measured counts, built once and kept on the device.
+
+    Rebuilding them for every set costs about a quarter of a pass on a CPU (the counts read
+    from the pattern stack and squared, the sub-pixel probe shift and its inverse FFT) and is
+    the same work every pass while the probe is fixed. `refine_object` builds the cache when the
+    probe is not refined and it takes at most `POSITION_CACHE_BYTES` (12 bytes per detector
+    pixel of every pattern: 50 MB for 1024 patterns of 64x64); larger scans keep reading one set
+    at a time, so memory stays the canvas plus one set plus at most this budget.
+    """
+
+    def __init__(self, data: ScanTensors, probe_spectrum: torch.Tensor, device: torch.device,
+                 chunk: int = 256) -> None:
+        probes, counts = [], []
+        for index in torch.arange(data.num_positions).split(chunk):
+            batch = PositionBatch(data, index, probe_spectrum, device)
+            probes.append(batch.probes)
+            counts.append(batch.counts)
+        self.probes = torch.cat(probes)
+        self.counts = torch.cat(counts)
+
+    @staticmethod
+    def nbytes(data: ScanTensors) -> int:
+        """Bytes the cache of ``data`` takes: complex64 probes and float32 counts."""
+        return data.num_positions * data.n * data.n * (8 + 4)
 
 
 def negative_log_likelihood(obj: torch.Tensor, probe: torch.Tensor, data: ScanTensors, *,
@@ -372,6 +422,10 @@ def refine_object(
     num_buf = torch.zeros_like(canvas)
     den_buf = torch.zeros(canvas.shape, dtype=torch.float32, device=device)
     sparse = canvas.numel() > 2 * options.batch_size * n * n
+    # the probe is fixed unless refined: build every position's probe and counts once
+    cache = None
+    if not options.refine_probe and PositionCache.nbytes(data) <= POSITION_CACHE_BYTES:
+        cache = PositionCache(data, spectrum, device)
     for it in range(options.iterations):
         t0 = time.perf_counter()
         order = torch.randperm(m, generator=generator)
@@ -381,7 +435,7 @@ def refine_object(
             for index in order.split(options.batch_size):
                 if should_stop is not None and should_stop():
                     raise RefinementCancelled("refinement was stopped before it finished")
-                batch = PositionBatch(data, index, spectrum, device)
+                batch = PositionBatch(data, index, spectrum, device, cache)
                 patches = batch.patches(canvas)
                 field_ = torch.fft.fft2(batch.probes * patches, norm="ortho")
                 lam = field_.real ** 2 + field_.imag ** 2

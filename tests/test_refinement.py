@@ -232,3 +232,32 @@ def test_object_step_sparse_and_dense_agree_bit_for_bit():
     untouched[flat] = False
     assert torch.equal(results[1][untouched], start[untouched])
     assert not torch.equal(results[1][flat], start[flat])
+
+
+def test_position_cache_gives_the_same_refinement_bit_for_bit(clean, monkeypatch):
+    """With a fixed probe every position's shifted probe and counts are built once
+    (`PositionCache`) instead of per set; the refinement must not change by a bit, and a scan
+    over the memory budget (or a refined probe) keeps the per-set path."""
+    import ptychodus_ptychopinn_torch.refinement as refinement
+
+    _, scan, _, _ = clean
+    lazy = ScanTensors.from_patterns(scan.amplitudes, scan.positions_px, scan.object_shape)
+    built = []
+    original = refinement.PositionCache.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(refinement.PositionCache, "__init__", counting_init)
+    options = RefinementOptions(iterations=4)
+    cached = refine_object(None, scan.probe, lazy, options)
+    assert built == [1]
+    monkeypatch.setattr(refinement, "POSITION_CACHE_BYTES", refinement.PositionCache.nbytes(lazy) - 1)
+    uncached = refine_object(None, scan.probe, lazy, options)
+    assert built == [1]
+    np.testing.assert_array_equal(cached.object, uncached.object)
+    assert cached.losses == uncached.losses
+    monkeypatch.setattr(refinement, "POSITION_CACHE_BYTES", 2**40)
+    refine_object(None, scan.probe, lazy, RefinementOptions(iterations=3, refine_probe=True, probe_start=1))
+    assert built == [1]
