@@ -13,6 +13,7 @@ from ptychodus_ptychopinn_torch.data.dataset import GroupedDataset, normalisatio
 from ptychodus_ptychopinn_torch.data.grouping import group_positions
 from ptychodus_ptychopinn_torch.data.io import load_scan, scan_from_reconstruct_input
 from ptychodus_ptychopinn_torch.data import patterns as patterns_module
+from ptychodus_ptychopinn_torch import refinement as refinement_module
 from ptychodus_ptychopinn_torch.data.patterns import DiffractionPatterns, HDF5Patterns
 from ptychodus_ptychopinn_torch.data.scan import ScanData
 from ptychodus_ptychopinn_torch.refinement import (
@@ -69,6 +70,8 @@ def test_reconstruct_from_hdf5_equals_in_memory_and_reads_one_batch_at_a_time(
     write_scan_files(simulated, tmp_path / "scan")
     _frame_chunks(tmp_path / "scan" / "diffraction.h5")
     monkeypatch.setattr(patterns_module, "HDF5_CACHE_BYTES", 2**20)  # the file is larger: read in place
+    # a large scan is also over the refinement's position-cache budget: sets are read when used
+    monkeypatch.setattr(refinement_module, "POSITION_CACHE_BYTES", 0)
     from_file = load_scan(tmp_path / "scan")
     assert isinstance(from_file.amplitudes.source, HDF5Patterns)  # the file stays open
     counting = CountingSource(from_file.amplitudes.source)

@@ -236,7 +236,7 @@ def test_object_step_sparse_and_dense_agree_bit_for_bit():
 
 def test_position_cache_gives_the_same_refinement_bit_for_bit(clean, monkeypatch):
     """With a fixed probe every position's shifted probe and counts are built once
-    (`PositionCache`) instead of per set; the refinement must not change by a bit, and a scan
+    (`PositionCache`) instead of per set; the refined object must not change by a bit, and a scan
     over the memory budget (or a refined probe) keeps the per-set path."""
     import ptychodus_ptychopinn_torch.refinement as refinement
 
@@ -257,7 +257,8 @@ def test_position_cache_gives_the_same_refinement_bit_for_bit(clean, monkeypatch
     uncached = refine_object(None, scan.probe, lazy, options)
     assert built == [1]
     np.testing.assert_array_equal(cached.object, uncached.object)
-    assert cached.losses == uncached.losses
+    # the cache sums log k! once per position: the same losses up to float rounding
+    np.testing.assert_allclose(cached.losses, uncached.losses, rtol=1e-6)
     monkeypatch.setattr(refinement, "POSITION_CACHE_BYTES", 2**40)
     refine_object(None, scan.probe, lazy, RefinementOptions(iterations=3, refine_probe=True, probe_start=1))
     assert built == [1]
