@@ -219,7 +219,7 @@ class PositionBatch:
         rows = lower[:, 1].view(-1, 1, 1) + ramp.view(1, n, 1)
         cols = lower[:, 0].view(-1, 1, 1) + ramp.view(1, 1, n)
         self.flat = (rows * w + cols).reshape(len(index), -1)
-        if int(rows.min()) < 0 or int(cols.min()) < 0 or int(rows.max()) >= h or int(cols.max()) >= w:
+        if len(index) and (int(lower.min()) < 0 or int(lower[:, 1].max()) + n > h or int(lower[:, 0].max()) + n > w):
             raise ValueError("a probe window lies outside the object canvas; positions must keep every "
                              f"{n}x{n} window inside the {h}x{w} canvas")
         self.frac = data.frac[index].to(device)
@@ -229,12 +229,21 @@ class PositionBatch:
             self.probes = torch.fft.ifft2(probe_spectrum * self.ramp)  # (B, N, N) shift(P, d_j)
             self.counts = data.counts[index].to(device, non_blocking=True)
             self.log_factorial: torch.Tensor | None = None
+            self._probe_intensity: torch.Tensor | None = None
         else:
             selected = index.to(cache.probes.device)
             self.probes = cache.probes[selected]
             self.counts = cache.counts[selected]
             self.log_factorial = cache.log_factorial[selected]
+            self._probe_intensity = cache.probe_intensity[selected]
         self.good = None if data.good is None else data.good.to(device)
+
+    @property
+    def probe_intensity(self) -> torch.Tensor:
+        """``|shift(P, d_j)|^2`` of the set, ``(B, N, N)`` float32 (the object step's weight)."""
+        if self._probe_intensity is None:
+            self._probe_intensity = torch.abs(self.probes) ** 2
+        return self._probe_intensity
 
     @property
     def ramp(self) -> torch.Tensor:
@@ -281,30 +290,33 @@ class PositionCache:
     than a third of a pass on a CPU (the counts read from the pattern stack and squared, the
     sub-pixel probe shift and its inverse FFT, an ``lgamma`` per pixel) and are the same work
     every pass while the probe is fixed. `refine_object` builds the cache when the
-    probe is not refined and it takes at most `POSITION_CACHE_BYTES` (12 bytes per detector
-    pixel of every pattern: 50 MB for 1024 patterns of 64x64; the object is bit-identical); larger scans keep reading one set
+    probe is not refined and it takes at most `POSITION_CACHE_BYTES` (16 bytes per detector
+    pixel of every pattern: 67 MB for 1024 patterns of 64x64; the object is bit-identical); larger scans keep reading one set
     at a time, so memory stays the canvas plus one set plus at most this budget.
     """
 
     def __init__(self, data: ScanTensors, probe_spectrum: torch.Tensor, device: torch.device,
                  chunk: int = 256) -> None:
-        probes, counts, log_factorial = [], [], []
+        probes, intensity, counts, log_factorial = [], [], [], []
         for index in torch.arange(data.num_positions).split(chunk):
             batch = PositionBatch(data, index, probe_spectrum, device)
             probes.append(batch.probes)
+            intensity.append(batch.probe_intensity)
             counts.append(batch.counts)
             lgk = torch.lgamma(batch.counts.double() + 1.0)
             if batch.good is not None:
                 lgk = lgk * batch.good
             log_factorial.append(lgk.sum(dim=(-2, -1)))
         self.probes = torch.cat(probes)
+        self.probe_intensity = torch.cat(intensity)
         self.counts = torch.cat(counts)
         self.log_factorial = torch.cat(log_factorial)  # (M,) float64 sum of log k! over good pixels
 
     @staticmethod
     def nbytes(data: ScanTensors) -> int:
-        """Bytes the cache of ``data`` takes: complex64 probes and float32 counts."""
-        return data.num_positions * data.n * data.n * (8 + 4)
+        """Bytes the cache of ``data`` takes: complex64 probes, float32 probe intensities and
+        counts (the per-position ``log k!`` sums are negligible)."""
+        return data.num_positions * data.n * data.n * (8 + 4 + 4)
 
 
 def negative_log_likelihood(obj: torch.Tensor, probe: torch.Tensor, data: ScanTensors, *,
@@ -470,7 +482,7 @@ def refine_object(
                 # object: illumination-preconditioned step, summed over the set
                 _object_step(canvas, num_buf, den_buf, batch.flat.reshape(-1),
                              (torch.conj(batch.probes) * dpsi).reshape(-1),
-                             (torch.abs(batch.probes) ** 2).reshape(-1), alpha, beta, sparse)
+                             batch.probe_intensity.reshape(-1), alpha, beta, sparse)
                 if update_probe:
                     # probe: the symmetric step, with each object patch moved back by -d_j
                     back = torch.conj(batch.ramp)

@@ -235,7 +235,7 @@ def test_object_step_sparse_and_dense_agree_bit_for_bit():
 
 
 def test_position_cache_gives_the_same_refinement_bit_for_bit(clean, monkeypatch):
-    """With a fixed probe every position's shifted probe and counts are built once
+    """With a fixed probe every position's shifted probe, intensity and counts are built once
     (`PositionCache`) instead of per set; the refined object must not change by a bit, and a scan
     over the memory budget (or a refined probe) keeps the per-set path."""
     import ptychodus_ptychopinn_torch.refinement as refinement
