@@ -364,7 +364,7 @@ def _train_configs(args: argparse.Namespace, N: int, data: Path | None = None,  
 
     model = ModelConfig(N=N, gridsize=args.gridsize, n_filters_scale=args.n_filters_scale,
                         model_type=args.mode, border_activation=args.border_activation,
-                        object_init=args.object_init)
+                        object_init=args.object_init, normalization=args.normalization)
     extra = {"output_dir": out} if out is not None else {}
     training = TrainingConfig(model=model, train_data_file=data, nepochs=args.epochs,
                               batch_size=args.batch_size, n_groups=args.n_groups,
@@ -691,6 +691,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "refine_iterations": args.refine_iterations,
             "n_filters_scale": model.n_filters_scale, "batch_size": training.batch_size,
             "border_activation": model.border_activation, "object_init": model.object_init,
+            "normalization": model.normalization,
             "learning_rate": training.learning_rate, "scheduler": training.scheduler,
             "device": reason,
         },
@@ -727,7 +728,7 @@ def _inference_default(field_name: str) -> Any:
 
 def _add_learning_options(train: argparse.ArgumentParser) -> None:
     """``train``'s learning-rate and network-start options (choices and defaults: config.py)."""
-    from .config import BORDER_ACTIVATIONS, OBJECT_INITS, SCHEDULERS
+    from .config import BORDER_ACTIVATIONS, NORMALIZATIONS, OBJECT_INITS, SCHEDULERS
 
     def default(name: str, config: str = "TrainingConfig") -> Any:
         return _config_default(config, name)
@@ -756,6 +757,11 @@ def _add_learning_options(train: argparse.ArgumentParser) -> None:
                        help="the untrained network's prediction: flat = uniform object, zero "
                             "phase; random = Glorot-initialised output layers as PtychoPINN "
                             f"(default: {default('object_init', 'ModelConfig')})")
+    train.add_argument("--normalization", choices=NORMALIZATIONS,
+                       default=default("normalization", "ModelConfig"),
+                       help="layer after every hidden convolution: batch = BatchNorm (fits "
+                            "supervised labels faster with --batch-size 16), none = PtychoPINN's "
+                            f"network (default: {default('normalization', 'ModelConfig')})")
 
 
 def build_parser() -> argparse.ArgumentParser:

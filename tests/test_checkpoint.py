@@ -153,11 +153,42 @@ def test_files_from_before_the_convergence_fields_keep_their_swish_borders(tmp_p
                          constants=constants, probe=probe, history={}, provenance={})
     path = save_model(bundle, tmp_path / "old.ckpt")
     payload = torch.load(path, weights_only=True)
-    for name in ("border_activation", "object_init"):
+    for name in ("border_activation", "object_init", "normalization"):
         del payload["training_config"]["model"][name]
     torch.save(payload, path)
     loaded = load_model(path)
     assert loaded.model_config.border_activation == "swish"
+    assert loaded.model_config.normalization == "none"
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.allclose(loaded.network.predict_object(x), bundle.network.predict_object(x))
+
+
+def test_batch_normalised_network_round_trips_with_its_running_statistics(tmp_path):
+    """``normalization="batch"`` adds BatchNorm running statistics to the network; the model
+    file must carry them, and inference (eval mode) must use them, not the batch's own."""
+    torch.manual_seed(0)
+    training = TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1, normalization="batch"))
+    constants = PhysicsConstants(N=64, kappa=1.0, nphotons=1e4, intensity_scale=1.0, probe_factor=1.0,
+                                 amp_max=2.0, canvas_size=64)
+    probe = np.ones((64, 64), np.complex64)
+    network = build_model(training, constants, probe)
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 2 * (3 + 2 * 2 + 2)  # two per block: encoder 3, decoders 2 x 2, borders 2
+    network.train()
+    with torch.no_grad():
+        network.predict_object(torch.rand(8, 1, 64, 64) * 3.0)  # moves the running statistics
+    network.eval()
+    bundle = ModelBundle(network=network, training_config=training, constants=constants, probe=probe,
+                         history={}, provenance={})
+    loaded = load_model(save_model(bundle, tmp_path / "bn.ckpt"))
+    assert loaded.model_config.normalization == "batch"
+    loaded_norms = [m for m in loaded.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert torch.equal(loaded_norms[0].running_mean, norms[0].running_mean)
+    assert not torch.equal(norms[0].running_mean, torch.zeros_like(norms[0].running_mean))
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        one = loaded.network.predict_object(x)
+        # eval mode: each pattern's output does not depend on the others in its batch
+        torch.testing.assert_close(one[0], loaded.network.predict_object(torch.cat([x, 5 * x]))[0])
+        assert torch.allclose(one, bundle.network.predict_object(x))

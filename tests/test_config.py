@@ -115,13 +115,16 @@ def test_importing_configs_does_not_import_torch():
 
 
 def test_stored_training_config_fills_fields_older_model_files_lack():
-    """Model files from before border_activation/object_init keep the network they were trained
+    """Model files from before border_activation/object_init/normalization keep the network they were trained
     with; fields present in the file always win."""
     from ptychodus_ptychopinn_torch.config import config_to_dict, stored_training_config
 
-    stored = config_to_dict(TrainingConfig(model=ModelConfig(border_activation="head", object_init="flat")))
+    stored = config_to_dict(TrainingConfig(model=ModelConfig(border_activation="head", object_init="flat",
+                                                             normalization="batch")))
     assert stored_training_config(stored).model.border_activation == "head"
-    for name in ("border_activation", "object_init"):
+    assert stored_training_config(stored).model.normalization == "batch"
+    for name in ("border_activation", "object_init", "normalization"):
         del stored["model"][name]
     old = stored_training_config(stored)
-    assert (old.model.border_activation, old.model.object_init) == ("swish", "random")
+    assert (old.model.border_activation, old.model.object_init, old.model.normalization) == (
+        "swish", "random", "none")

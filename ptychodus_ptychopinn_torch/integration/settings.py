@@ -26,6 +26,7 @@ from ..config import (
     AMP_ACTIVATIONS,
     BORDER_ACTIVATIONS,
     LOSS_MODES,
+    NORMALIZATIONS,
     OBJECT_INITS,
     OPTIMIZERS,
     PRECISIONS,
@@ -121,6 +122,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
        "The untrained network's prediction: flat = the uniform object of the implied amplitude "
        "with zero phase (as iterative solvers start); random = Glorot-initialised output "
        "layers (PtychoPINN).", OBJECT_INITS),
+    _s("Model", "normalization", _default(ModelConfig, "normalization"), "model.normalization",
+       "Normalization:",
+       "Layer after every hidden convolution: batch = BatchNorm (measured to fit supervised "
+       "labels faster with a batch size of 16); none = PtychoPINN's network.", NORMALIZATIONS),
     # Training (also used when Reconstruct fits the PINN to the scan with no model loaded)
     _s("Training", "nepochs", 50, "training.nepochs", "Epochs:",
        "Training epochs; also the epochs of a fit when reconstructing without a model."),

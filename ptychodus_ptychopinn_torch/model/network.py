@@ -10,6 +10,10 @@ Channel widths follow PtychoPINN (times ``n_filters_scale``): encoder N=64 ``[32
 N=128 ``[16, 32, 64, 128]``, N=256 ``[8, 16, 32, 64, 128]``; the decoders mirror them down to
 a ``N/2`` feature map. Convolutions use Glorot-uniform initialisation (Keras's default), which
 upstream found necessary against the flat-amplitude collapse at N=128.
+
+``normalization="batch"`` (this package's option) adds a BatchNorm after every hidden
+convolution: measured to fit supervised labels faster with batches of 16 (docs/performance.md,
+"Convergence levers"); the default ``none`` is PtychoPINN's network.
 """
 
 from __future__ import annotations
@@ -41,16 +45,23 @@ def _conv(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, padding=1)
 
 
+def _conv_relu(cin: int, cout: int, norm: bool) -> list[nn.Module]:
+    """Convolution (+ BatchNorm when ``norm``) + ReLU."""
+    layers: list[nn.Module] = [_conv(cin, cout)]
+    if norm:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
 class _DownBlock(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(_conv(cin, cout), nn.ReLU(inplace=True), _conv(cout, cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    def __init__(self, cin: int, cout: int, norm: bool = False) -> None:
+        super().__init__(*_conv_relu(cin, cout, norm), *_conv_relu(cout, cout, norm), nn.MaxPool2d(2))
 
 
 class _UpBlock(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(
-            _conv(cin, cout), nn.ReLU(inplace=True), _conv(cout, cout), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2)
-        )
+    def __init__(self, cin: int, cout: int, norm: bool = False) -> None:
+        super().__init__(*_conv_relu(cin, cout, norm), *_conv_relu(cout, cout, norm), nn.Upsample(scale_factor=2))
 
 
 def _amplitude_activation(name: str, amp_max: float):
@@ -72,9 +83,10 @@ class _Head(nn.Module):
                  border_activation) -> None:
         super().__init__()
         widths = decoder_widths(config)
+        norm = config.normalization == "batch"
         blocks, c = [], cin
         for w in widths:
-            blocks.append(_UpBlock(c, w))
+            blocks.append(_UpBlock(c, w, norm))
             c = w
         self.decoder = nn.Sequential(*blocks)
         self.activation = activation
@@ -87,12 +99,12 @@ class _Head(nn.Module):
             self.central = _conv(central_in, out_channels)
             if self.probe_big:
                 self.border = nn.Sequential(
-                    _UpBlock(_BORDER_CHANNELS, 32 * config.n_filters_scale),
+                    _UpBlock(_BORDER_CHANNELS, 32 * config.n_filters_scale, norm),
                     _conv(32 * config.n_filters_scale, out_channels),
                 )
                 self.register_buffer("border_mask", 1.0 - central_window(config.N), persistent=False)
         else:
-            self.full = nn.Sequential(_UpBlock(c, c), _conv(c, out_channels))
+            self.full = nn.Sequential(_UpBlock(c, c, norm), _conv(c, out_channels))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         f = self.decoder(features)  # (B, c, N/2, N/2)
@@ -148,7 +160,7 @@ class Generator(nn.Module):
         c = self.in_channels
         blocks = []
         for w in encoder_widths(config):
-            blocks.append(_DownBlock(c, w))
+            blocks.append(_DownBlock(c, w, config.normalization == "batch"))
             c = w
         self.encoder = nn.Sequential(*blocks)
         amp_act = _amplitude_activation(config.amp_activation, amp_max)

@@ -38,6 +38,7 @@ def test_train_defaults_and_options():
 def test_train_learning_and_network_start_options_map_to_config_fields():
     from ptychodus_ptychopinn_torch.config import (
         BORDER_ACTIVATIONS,
+        NORMALIZATIONS,
         OBJECT_INITS,
         ModelConfig,
         TrainingConfig,
@@ -47,7 +48,7 @@ def test_train_learning_and_network_start_options_map_to_config_fields():
     args = parser.parse_args(["train", "d", "--out", "o"])
     model, training = cli._train_configs(args, 64)
     default_model, default_training = ModelConfig(), TrainingConfig()
-    for name in ("border_activation", "object_init"):
+    for name in ("border_activation", "object_init", "normalization"):
         assert getattr(model, name) == getattr(default_model, name), name
     for name in ("learning_rate", "scheduler", "lr_warmup_epochs", "lr_min_ratio"):
         assert getattr(training, name) == getattr(default_training, name), name
@@ -55,13 +56,15 @@ def test_train_learning_and_network_start_options_map_to_config_fields():
 
     border = next(c for c in BORDER_ACTIVATIONS if c != default_model.border_activation)
     init = next(c for c in OBJECT_INITS if c != default_model.object_init)
+    norm = next(c for c in NORMALIZATIONS if c != default_model.normalization)
     args = parser.parse_args([
         "train", "d", "--out", "o", "--learning-rate", "2e-4", "--scheduler", "WarmupCosine",
         "--lr-warmup-epochs", "3", "--lr-min-ratio", "0.05", "--border-activation", border,
-        "--object-init", init,
+        "--object-init", init, "--normalization", norm,
     ])
     model, training = cli._train_configs(args, 128)
-    assert (model.N, model.border_activation, model.object_init) == (128, border, init)
+    assert (model.N, model.border_activation, model.object_init, model.normalization) == (
+        128, border, init, norm)
     assert (training.learning_rate, training.scheduler, training.lr_warmup_epochs,
             training.lr_min_ratio) == (2e-4, "WarmupCosine", 3, 0.05)
     for scheduler in ("Default", "Exponential", "ReduceLROnPlateau"):
@@ -75,12 +78,13 @@ def test_train_help_names_the_choices_and_dataclass_defaults(capsys):
     assert cli.main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--learning-rate", "--scheduler", "--lr-warmup-epochs", "--lr-min-ratio",
-                 "--border-activation", "--object-init"):
+                 "--border-activation", "--object-init", "--normalization"):
         assert flag in text
     assert "{" + ",".join(SCHEDULERS) + "}" in text
     assert f"(default: {TrainingConfig().scheduler})" in text
     assert f"(default: {ModelConfig().border_activation})" in text
     assert f"(default: {ModelConfig().object_init})" in text
+    assert f"(default: {ModelConfig().normalization})" in text
 
 
 @pytest.mark.parametrize(("flags", "wrong"), [

@@ -157,7 +157,7 @@ def test_page_edits_the_convergence_settings(qtbot):
     from PyQt5.QtWidgets import QComboBox, QLineEdit
     from ptychodus.api.settings import SettingsRegistry
 
-    from ptychodus_ptychopinn_torch.config import BORDER_ACTIVATIONS, OBJECT_INITS, SCHEDULERS
+    from ptychodus_ptychopinn_torch.config import BORDER_ACTIVATIONS, NORMALIZATIONS, OBJECT_INITS, SCHEDULERS
     from ptychodus_ptychopinn_torch.integration.library import create_library
 
     library = create_library(SettingsRegistry(), False)
@@ -167,6 +167,7 @@ def test_page_edits_the_convergence_settings(qtbot):
     for label, (group, key), choices, value in [
         ("Border Activation:", ("Model", "border_activation"), BORDER_ACTIVATIONS, "swish"),
         ("Initial Object:", ("Model", "object_init"), OBJECT_INITS, "random"),
+        ("Normalization:", ("Model", "normalization"), NORMALIZATIONS, "none"),
         ("LR Scheduler:", ("Training", "scheduler"), SCHEDULERS, "WarmupCosine"),
     ]:
         combo = _form_field(page, label)

@@ -11,6 +11,7 @@ from ptychodus.api.settings import SettingsRegistry
 from ptychodus_ptychopinn_torch import config as config_module
 from ptychodus_ptychopinn_torch.config import (
     BORDER_ACTIVATIONS,
+    NORMALIZATIONS,
     OBJECT_INITS,
     SCHEDULERS,
     InferenceConfig,
@@ -69,6 +70,7 @@ def test_defaults_build_valid_configs_with_n_from_the_data(settings):
     model, training = ModelConfig(), TrainingConfig()
     assert configs.model.border_activation == model.border_activation
     assert configs.model.object_init == model.object_init
+    assert configs.model.normalization == model.normalization
     assert configs.training.scheduler == training.scheduler
     assert configs.training.lr_warmup_epochs == training.lr_warmup_epochs
     assert configs.training.lr_min_ratio == training.lr_min_ratio
@@ -85,6 +87,7 @@ def test_every_setting_reaches_its_config_field(settings):
         ("Model", "border_activation"): _other_choice(BORDER_ACTIVATIONS,
                                                       ModelConfig().border_activation),
         ("Model", "object_init"): _other_choice(OBJECT_INITS, ModelConfig().object_init),
+        ("Model", "normalization"): _other_choice(NORMALIZATIONS, ModelConfig().normalization),
         ("Training", "scheduler"): "WarmupCosine", ("Training", "lr_warmup_epochs"): 3,
         ("Training", "lr_min_ratio"): 0.25,
         ("Execution", "device"): "cpu", ("Execution", "gpu_indices"): "0, 1",
@@ -102,6 +105,7 @@ def test_every_setting_reaches_its_config_field(settings):
     assert (c.inference.refine_iterations, c.inference.refine_probe) == (0, True)
     assert c.model.border_activation == changed["Model", "border_activation"]
     assert c.model.object_init == changed["Model", "object_init"]
+    assert c.model.normalization == changed["Model", "normalization"]
     assert c.training.model is c.model and c.inference.model is c.model
     assert (c.training.scheduler, c.training.lr_warmup_epochs, c.training.lr_min_ratio) == (
         "WarmupCosine", 3, 0.25)
@@ -123,6 +127,7 @@ def test_every_setting_reaches_its_config_field(settings):
     ("Inference", "refine_iterations", -1, "[PtychoPINNPyTorchInference] refine_iterations"),
     ("Model", "border_activation", "tanh", "[PtychoPINNPyTorchModel] border_activation"),
     ("Model", "object_init", "zeros", "[PtychoPINNPyTorchModel] object_init"),
+    ("Model", "normalization", "layer", "[PtychoPINNPyTorchModel] normalization"),
     ("Training", "scheduler", "Cosine", "[PtychoPINNPyTorchTraining] scheduler"),
     ("Training", "lr_warmup_epochs", -1, "[PtychoPINNPyTorchTraining] lr_warmup_epochs"),
     ("Training", "lr_min_ratio", 1.5, "[PtychoPINNPyTorchTraining] lr_min_ratio"),
@@ -160,6 +165,7 @@ def test_choice_errors_list_the_allowed_values(settings):
 @pytest.mark.parametrize(("group", "key", "target", "choices"), [
     ("Model", "border_activation", "model.border_activation", BORDER_ACTIVATIONS),
     ("Model", "object_init", "model.object_init", OBJECT_INITS),
+    ("Model", "normalization", "model.normalization", NORMALIZATIONS),
     ("Training", "scheduler", "training.scheduler", SCHEDULERS),
     ("Training", "lr_warmup_epochs", "training.lr_warmup_epochs", ()),
     ("Training", "lr_min_ratio", "training.lr_min_ratio", ()),
