@@ -207,8 +207,8 @@ class PositionBatch:
     ``N x N`` window (``flat``), the sub-pixel-shifted probes ``shift(P, d_j)`` (``probes``),
     their phase ramps and the measured counts. ``probes * canvas[flat]`` are the exit waves.
 
-    With a `PositionCache` the probes and counts are taken from it instead of being computed
-    and read again (the same values)."""
+    With a `PositionCache` the probes, their intensities and the counts are taken from it
+    instead of being computed and read again (the same values)."""
 
     def __init__(self, data: ScanTensors, index: torch.Tensor, probe_spectrum: torch.Tensor,
                  device: torch.device, cache: "PositionCache | None" = None) -> None:
@@ -284,14 +284,15 @@ POSITION_CACHE_BYTES = 256 * 2**20
 
 
 class PositionCache:
-    """Every position's shifted probe and measured counts, built once and kept on the device.
+    """Every position's shifted probe, its intensity, the measured counts and their ``log k!``
+    sum, built once and kept on the device.
 
-    Rebuilding them for every set, and ``log k!`` of every pixel for the pass loss, cost more
-    than a third of a pass on a CPU (the counts read from the pattern stack and squared, the
-    sub-pixel probe shift and its inverse FFT, an ``lgamma`` per pixel) and are the same work
-    every pass while the probe is fixed. `refine_object` builds the cache when the
-    probe is not refined and it takes at most `POSITION_CACHE_BYTES` (16 bytes per detector
-    pixel of every pattern: 67 MB for 1024 patterns of 64x64; the object is bit-identical); larger scans keep reading one set
+    Rebuilding them for every set (the counts read from the pattern stack and squared, the
+    sub-pixel probe shift and its inverse FFT, ``|P_j|^2``, an ``lgamma`` per pixel for the pass
+    loss) cost about half of a pass on a CPU and is the same work every pass while the probe is
+    fixed. `refine_object` builds the cache when the probe is not refined and it takes at most
+    `POSITION_CACHE_BYTES` (16 bytes per detector pixel of every pattern: 67 MB for 1024
+    patterns of 64x64). The refined object is bit-identical; larger scans keep reading one set
     at a time, so memory stays the canvas plus one set plus at most this budget.
     """
 
