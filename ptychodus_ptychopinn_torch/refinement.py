@@ -321,10 +321,12 @@ class PositionCache:
 
 
 def negative_log_likelihood(obj: torch.Tensor, probe: torch.Tensor, data: ScanTensors, *,
-                            batch_size: int = 256, device: torch.device | None = None) -> float:
+                            batch_size: int = 256, device: torch.device | None = None,
+                            cache: "PositionCache | None" = None) -> float:
     """Mean Poisson NLL per pixel (nats, ``log k!`` included) of ``obj`` under ``probe``.
 
     The same units as the training loss, so ``training loss - NLL(truth)`` is the excess NLL.
+    ``cache``, when given, must have been built from ``probe`` (`PositionCache`).
     """
     device = device or obj.device
     canvas = obj.to(device, torch.complex64).reshape(-1)
@@ -332,7 +334,7 @@ def negative_log_likelihood(obj: torch.Tensor, probe: torch.Tensor, data: ScanTe
     total = 0.0
     with torch.no_grad():
         for index in torch.arange(data.num_positions).split(batch_size):
-            batch = PositionBatch(data, index, spectrum, device)
+            batch = PositionBatch(data, index, spectrum, device, cache)
             total += batch.nll(batch.intensity(canvas)) * len(batch)
     return total / max(data.num_positions, 1)
 
@@ -439,7 +441,12 @@ def refine_object(
     spectrum = torch.fft.fft2(probe_t)
     scale = fit_global_scale(canvas, spectrum, data, device) if fit_scale else 1.0
     canvas = canvas * scale
-    initial_loss = negative_log_likelihood(canvas.view(h, w), probe_t, data, device=device)
+    # the probe is fixed unless refined: build every position's probe and counts once, for the
+    # starting loss and every pass (not at all when there is no pass to run)
+    cache = None
+    if options.iterations and not options.refine_probe and PositionCache.nbytes(data) <= POSITION_CACHE_BYTES:
+        cache = PositionCache(data, spectrum, device)
+    initial_loss = negative_log_likelihood(canvas.view(h, w), probe_t, data, device=device, cache=cache)
     best = (initial_loss, canvas.clone(), probe_t.clone(), 0)
     losses: list[float] = []
     pass_seconds: list[float] = []
@@ -454,10 +461,6 @@ def refine_object(
     num_buf = torch.zeros_like(canvas)
     den_buf = torch.zeros(canvas.shape, dtype=torch.float32, device=device)
     sparse = canvas.numel() > 2 * options.batch_size * n * n
-    # the probe is fixed unless refined: build every position's probe and counts once
-    cache = None
-    if not options.refine_probe and PositionCache.nbytes(data) <= POSITION_CACHE_BYTES:
-        cache = PositionCache(data, spectrum, device)
     for it in range(options.iterations):
         t0 = time.perf_counter()
         order = torch.randperm(m, generator=generator)

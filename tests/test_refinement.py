@@ -237,7 +237,7 @@ def test_object_step_sparse_and_dense_agree_bit_for_bit():
 def test_position_cache_gives_the_same_refinement_bit_for_bit(clean, monkeypatch):
     """With a fixed probe every position's shifted probe, intensity and counts are built once
     (`PositionCache`) instead of per set; the refined object must not change by a bit, and a scan
-    over the memory budget (or a refined probe) keeps the per-set path."""
+    over the memory budget (or a refined probe, or no pass at all) keeps the per-set path."""
     import ptychodus_ptychopinn_torch.refinement as refinement
 
     _, scan, _, _ = clean
@@ -261,4 +261,5 @@ def test_position_cache_gives_the_same_refinement_bit_for_bit(clean, monkeypatch
     np.testing.assert_allclose(cached.losses, uncached.losses, rtol=1e-6)
     monkeypatch.setattr(refinement, "POSITION_CACHE_BYTES", 2**40)
     refine_object(None, scan.probe, lazy, RefinementOptions(iterations=3, refine_probe=True, probe_start=1))
+    refine_object(None, scan.probe, lazy, RefinementOptions(iterations=0))  # no pass: nothing to cache
     assert built == [1]
