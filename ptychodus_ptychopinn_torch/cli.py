@@ -368,6 +368,7 @@ def _train_configs(args: argparse.Namespace, N: int, data: Path | None = None,  
     extra = {"output_dir": out} if out is not None else {}
     training = TrainingConfig(model=model, train_data_file=data, nepochs=args.epochs,
                               batch_size=args.batch_size, n_groups=args.n_groups,
+                              supervised_labels=args.supervised_labels,
                               **_schedule_options(args), **extra)
     return model, training
 
@@ -728,7 +729,7 @@ def _inference_default(field_name: str) -> Any:
 
 def _add_learning_options(train: argparse.ArgumentParser) -> None:
     """``train``'s learning-rate and network-start options (choices and defaults: config.py)."""
-    from .config import BORDER_ACTIVATIONS, NORMALIZATIONS, OBJECT_INITS, SCHEDULERS
+    from .config import BORDER_ACTIVATIONS, NORMALIZATIONS, OBJECT_INITS, SCHEDULERS, SUPERVISED_LABELS
 
     def default(name: str, config: str = "TrainingConfig") -> Any:
         return _config_default(config, name)
@@ -757,6 +758,12 @@ def _add_learning_options(train: argparse.ArgumentParser) -> None:
                        help="the untrained network's prediction: flat = uniform object, zero "
                             "phase; random = Glorot-initialised output layers as PtychoPINN "
                             f"(default: {default('object_init', 'ModelConfig')})")
+    train.add_argument("--labels", choices=SUPERVISED_LABELS, dest="supervised_labels",
+                       default=default("supervised_labels"),
+                       help="--mode supervised's labels: object = the object in DATA (the true "
+                            "object); refined = the object the physics refinement reconstructs "
+                            "from DATA (200 passes from a flat start), no true object needed "
+                            f"(default: {default('supervised_labels')})")
     train.add_argument("--normalization", choices=NORMALIZATIONS,
                        default=default("normalization", "ModelConfig"),
                        help="layer after every hidden convolution: batch = BatchNorm (fits "
@@ -807,8 +814,9 @@ def build_parser() -> argparse.ArgumentParser:
     diffraction_option(train)
     train.add_argument("--seed", type=_non_negative_int, default=42, help="default: 42")
     train.add_argument("--mode", choices=("pinn", "supervised"), default="pinn",
-                       help="pinn: unsupervised physics loss; supervised: needs the true "
-                            "object in DATA (default: pinn)")
+                       help="pinn: unsupervised physics loss; supervised: fits labels, the "
+                            "object in DATA or, with --labels refined, the refinement's "
+                            "reconstruction of DATA (default: pinn)")
     train.add_argument("--n-filters-scale", type=_positive_int, default=2, metavar="F",
                        help="network width multiplier (default: 2)")
     train.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",

@@ -31,6 +31,7 @@ AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
 BORDER_ACTIVATIONS = ("head", "swish")
 OBJECT_INITS = ("flat", "random")
 NORMALIZATIONS = ("none", "batch")
+SUPERVISED_LABELS = ("object", "refined")
 MODEL_TYPES = ("pinn", "supervised")
 ARCHITECTURES = ("cnn",)
 LOSS_MODES = ("poisson", "mae")
@@ -157,6 +158,10 @@ class TrainingConfig:
     """Training parameters (PtychoPINN ``TrainingConfig``).
 
     ``nphotons=None`` means "measure it from the data" (mean total counts per pattern).
+    ``supervised_labels`` is where supervised mode's labels come from: ``object`` = the scan's
+    object (objectGuess; PtychoPINN's meaning), ``refined`` = the object the physics refinement
+    reconstructs from the scan itself (flat start, known probe and positions), so a network can
+    be trained supervised without a true object (PtychoNN's workflow, in one step).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -197,6 +202,7 @@ class TrainingConfig:
     plateau_threshold: float = 0.0
     validation_fraction: float = 0.05
     early_stop_patience: int = 10
+    supervised_labels: str = "object"
 
     def __post_init__(self) -> None:
         c = "TrainingConfig"
@@ -233,6 +239,7 @@ class TrainingConfig:
                 or self.lr_warmup_epochs < 0:
             _fail(c, "lr_warmup_epochs", self.lr_warmup_epochs, "a non-negative integer")
         _check_range(c, "lr_min_ratio", self.lr_min_ratio, 0.0, 1.0)
+        _check_choice(c, "supervised_labels", self.supervised_labels, SUPERVISED_LABELS)
         if not 0.0 < self.plateau_factor < 1.0:
             _fail(c, "plateau_factor", self.plateau_factor, "a number in (0, 1)")
         if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int) \

@@ -212,3 +212,27 @@ def test_information_bound_quick(tmp_path):
         assert math.isfinite(g["final_nll"]) and g["final_nll"] > 0
         for key in ("amplitude_ssim", "phase_ssim"):
             assert -1.0 <= g["stitched"][key] <= 1.0 and -1.0 <= g["stitched_phase_aligned"][key] <= 1.0
+
+
+@pytest.mark.slow
+def test_refined_labels_quick(tmp_path):
+    """The supervised-on-refined-labels benchmark runs end to end (CI size) and records what the
+    performance table quotes: label refinement, training steps, network-alone scores, transfer."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "refined_labels.py"), "--quick", "--no-doc", "--out", str(tmp_path),
+         "--cases", "brick-gravel,text-grass", "--transfer"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "refined-labels-cpu-quick.json").read_text())
+    assert list(doc["cases"]) == ["brick-gravel", "text-grass"]
+    for entry in doc["cases"].values():
+        t = entry["training"]
+        assert t["label_passes"] > 0 and 0 < t["label_seconds"] < t["seconds"]
+        assert t["epochs"] == 2 and t["steps"] == 2 * 128 // 16
+        # labels from the refinement fit the data far better than a flat object
+        assert t["label_excess_nll"] < 0.5 * entry["flat"]["excess_nll"]
+        for key in ("network", "network_refined"):
+            assert -1.0 <= entry[key]["metrics"]["amplitude_ssim"] <= 1.0
+    transfer = doc["transfers"]["brick-gravel-on-text-grass"]
+    assert transfer["train_case"] == "brick-gravel" and math.isfinite(transfer["network"]["excess_nll"])

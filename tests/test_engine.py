@@ -127,3 +127,46 @@ def test_explicit_cuda_without_gpu_is_an_error(scan):
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="CUDA was requested"):
         train_model(scan, tiny(nepochs=1), ExecutionConfig(accelerator="cuda"))
+
+
+def _supervised(**kwargs):
+    return TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1, model_type="supervised"),
+                          nepochs=1, batch_size=8, validation_fraction=0.0, **kwargs)
+
+
+def test_supervised_without_a_true_object_says_how_to_get_labels(scan):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="supervised_labels='refined'"):
+        train_model(dataclasses.replace(scan, object_guess=None), _supervised(), CPU)
+
+
+def test_refined_labels_need_no_true_object_and_fit_the_data_better_than_flat(scan):
+    """``supervised_labels="refined"``: the labels are the refinement's reconstruction of the
+    scan (no object_guess needed), recorded in the provenance; they fit the patterns far better
+    than a flat object and resemble the truth where the probe reaches."""
+    import dataclasses
+
+    from ptychodus_ptychopinn_torch.refinement import ScanTensors, flat_object, negative_log_likelihood
+
+    blind = dataclasses.replace(scan, object_guess=None)
+    labelled, summary = engine.refined_labels(blind, device=torch.device("cpu"))
+    data = ScanTensors.from_patterns(scan.amplitudes, scan.positions_px, scan.object_shape)
+    probe = torch.as_tensor(scan.probe, dtype=torch.complex64) * (scan.propagator_scale or 1.0)
+    flat = negative_log_likelihood(flat_object(probe, data), probe, data)
+    truth = negative_log_likelihood(torch.as_tensor(scan.object_guess), probe, data)
+    assert summary["source"] == "refined" and summary["passes"] > 0
+    assert summary["nll"] < truth + 0.1 * (flat - truth)
+    covered = np.abs(labelled.object_guess) > 0
+    corr = np.corrcoef(np.abs(labelled.object_guess[covered]), np.abs(scan.object_guess[covered]))[0, 1]
+    assert corr > 0.5
+
+    bundle = train_model(blind, _supervised(supervised_labels="refined"), CPU)
+    assert bundle.provenance["supervised_labels"]["source"] == "refined"
+    assert math.isfinite(bundle.history["train_loss"][-1])
+    assert train_model(scan, _supervised(), CPU).provenance["supervised_labels"] is None
+
+
+def test_stop_during_label_refinement_cancels_training(scan):
+    with pytest.raises(TrainingCancelled):
+        train_model(scan, _supervised(supervised_labels="refined"), CPU, should_stop=lambda: True)

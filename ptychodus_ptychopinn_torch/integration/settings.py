@@ -32,6 +32,7 @@ from ..config import (
     PRECISIONS,
     SCHEDULERS,
     STRATEGIES,
+    SUPERVISED_LABELS,
     ExecutionConfig,
     InferenceConfig,
     ModelConfig,
@@ -169,6 +170,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
        "training.lr_min_ratio", "LR Final Ratio:",
        "WarmupCosine only: the learning rate at the end of the cosine decay, as a fraction "
        "of the learning rate (0 to 1)."),
+    _s("Training", "supervised_labels", _default(TrainingConfig, "supervised_labels"),
+       "training.supervised_labels", "Supervised Labels:",
+       "Supervised model only: the labels it learns. object = the object in the training data "
+       "(the true object); refined = the object the physics refinement reconstructs from the "
+       "training data itself (200 passes from a flat start, known probe and positions), so no "
+       "true object is needed.", SUPERVISED_LABELS),
     _s("Training", "gradient_clip_val", 0.0, "training.gradient_clip_val", "Gradient Clip:",
        "Gradient clipping threshold; 0 = off.", zero_means="off"),
     _s("Training", "validation_fraction", 0.05, "training.validation_fraction",

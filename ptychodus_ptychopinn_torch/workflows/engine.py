@@ -46,6 +46,7 @@ __all__ = [
     "refine_reconstruction",
     "TrainingCancelled",
     "derive_constants",
+    "refined_labels",
     "train_model",
     "reconstruct_object",
     "inference_devices",
@@ -120,7 +121,8 @@ def derive_constants(scan: ScanData, training: TrainingConfig, groups: np.ndarra
     normalized, factor = physics.normalize_probe(probe, model.probe_scale)
     if model.model_type == "supervised":
         if scan.object_guess is None:
-            raise ValueError("supervised training needs the true object (objectGuess) in the training data")
+            raise ValueError("supervised training needs the true object (objectGuess) in the training "
+                             "data, or supervised_labels='refined' to reconstruct its labels from the scan")
         amp_max = 1.25 * float(np.max(np.abs(scan.object_guess)))
     else:
         amp_max = 2.0 * implied_object_amplitude(normalized, n)
@@ -178,6 +180,12 @@ def train_model(
     accelerator, devices = lightning_accelerator(execution)
     logger.info("training on %s", reason)
     seed = training.subsample_seed if training.subsample_seed is not None else execution.seed
+    labels = None
+    if model_cfg.model_type == "supervised" and training.supervised_labels == "refined":
+        scan, labels = refined_labels(scan, device=device, seed=seed, should_stop=should_stop)
+        if validation_scan is not None:
+            validation_scan, _ = refined_labels(validation_scan, device=device, seed=seed,
+                                                should_stop=should_stop)
     _seed_everything(seed)
 
     groups = group_positions(
@@ -240,6 +248,7 @@ def train_model(
         "epochs_run": len(history["train_loss"]),
         "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
         "final_val_loss": history["val_loss"][-1] if history["val_loss"] else None,
+        "supervised_labels": labels,
         "dataset": {
             "num_patterns": scan.num_positions,
             "num_training_groups": int(len(train_groups)),
@@ -252,6 +261,37 @@ def train_model(
         network=network, training_config=training, constants=constants,
         probe=np.asarray(scan.probe, dtype=np.complex64), history=history, provenance=provenance,
     )
+
+
+def refined_labels(scan: ScanData, *, device: torch.device, seed: int = 0,
+                   should_stop: Callable[[], bool] | None = None) -> tuple[ScanData, dict]:
+    """``scan`` with its object replaced by the refinement's reconstruction of the scan itself.
+
+    The labels of ``supervised_labels="refined"``: the same Poisson refinement as inference
+    (`RefinementOptions` defaults), from a flat object, with the scan's probe and positions. It
+    sees every overlapping pattern at once, which a gridsize-1 network's loss cannot
+    (docs/performance.md, "What limits the network"). Returns the new scan and a summary for
+    the model's provenance. Raises `TrainingCancelled` when ``should_stop()`` turns true.
+    """
+    start = time.perf_counter()
+    data = ScanTensors.from_patterns(scan.amplitudes, scan.positions_px, scan.object_shape, scan.bad_pixels)
+    propagator = scan.propagator_scale or 1.0
+    probe = torch.as_tensor(scan.probe, dtype=torch.complex64) * propagator
+    options = RefinementOptions(batch_size=REFINE_BATCH_SIZE, seed=seed)
+    logger.info("supervised labels: refining a flat object, %d passes over %d positions",
+                options.iterations, scan.num_positions)
+    try:
+        result = refine_object(None, probe, data, options, device=device, should_stop=should_stop)
+    except RefinementCancelled as exc:
+        raise TrainingCancelled(str(exc)) from None
+    if result.stopped_early:
+        logger.warning("supervised labels: %s", result.stopped_early)
+    loss = negative_log_likelihood(torch.as_tensor(result.object), probe, data, device=device)
+    summary = {"source": "refined", "passes": result.passes_run, "nll": float(loss),
+               "seconds": round(time.perf_counter() - start, 3)}
+    logger.info("supervised labels: NLL %.4g after %d passes in %.1f s", loss, result.passes_run,
+                summary["seconds"])
+    return dataclasses.replace(scan, object_guess=result.object.astype(np.complex64)), summary
 
 
 def _check_compatible(bundle: ModelBundle, scan: ScanData, inference: InferenceConfig) -> None:

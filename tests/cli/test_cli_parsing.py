@@ -40,6 +40,7 @@ def test_train_learning_and_network_start_options_map_to_config_fields():
         BORDER_ACTIVATIONS,
         NORMALIZATIONS,
         OBJECT_INITS,
+        SUPERVISED_LABELS,
         ModelConfig,
         TrainingConfig,
     )
@@ -50,23 +51,25 @@ def test_train_learning_and_network_start_options_map_to_config_fields():
     default_model, default_training = ModelConfig(), TrainingConfig()
     for name in ("border_activation", "object_init", "normalization"):
         assert getattr(model, name) == getattr(default_model, name), name
-    for name in ("learning_rate", "scheduler", "lr_warmup_epochs", "lr_min_ratio"):
+    for name in ("learning_rate", "scheduler", "lr_warmup_epochs", "lr_min_ratio", "supervised_labels"):
         assert getattr(training, name) == getattr(default_training, name), name
     assert training.model is model and (model.N, training.nepochs) == (64, 50)
 
     border = next(c for c in BORDER_ACTIVATIONS if c != default_model.border_activation)
     init = next(c for c in OBJECT_INITS if c != default_model.object_init)
     norm = next(c for c in NORMALIZATIONS if c != default_model.normalization)
+    labels = next(c for c in SUPERVISED_LABELS if c != default_training.supervised_labels)
     args = parser.parse_args([
         "train", "d", "--out", "o", "--learning-rate", "2e-4", "--scheduler", "WarmupCosine",
         "--lr-warmup-epochs", "3", "--lr-min-ratio", "0.05", "--border-activation", border,
-        "--object-init", init, "--normalization", norm,
+        "--object-init", init, "--normalization", norm, "--labels", labels,
     ])
     model, training = cli._train_configs(args, 128)
     assert (model.N, model.border_activation, model.object_init, model.normalization) == (
         128, border, init, norm)
     assert (training.learning_rate, training.scheduler, training.lr_warmup_epochs,
             training.lr_min_ratio) == (2e-4, "WarmupCosine", 3, 0.05)
+    assert training.supervised_labels == labels
     for scheduler in ("Default", "Exponential", "ReduceLROnPlateau"):
         args = parser.parse_args(["train", "d", "--out", "o", "--scheduler", scheduler])
         assert cli._train_configs(args, 64)[1].scheduler == scheduler
@@ -78,13 +81,14 @@ def test_train_help_names_the_choices_and_dataclass_defaults(capsys):
     assert cli.main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--learning-rate", "--scheduler", "--lr-warmup-epochs", "--lr-min-ratio",
-                 "--border-activation", "--object-init", "--normalization"):
+                 "--border-activation", "--object-init", "--normalization", "--labels"):
         assert flag in text
     assert "{" + ",".join(SCHEDULERS) + "}" in text
     assert f"(default: {TrainingConfig().scheduler})" in text
     assert f"(default: {ModelConfig().border_activation})" in text
     assert f"(default: {ModelConfig().object_init})" in text
     assert f"(default: {ModelConfig().normalization})" in text
+    assert f"(default: {TrainingConfig().supervised_labels})" in text
 
 
 @pytest.mark.parametrize(("flags", "wrong"), [

@@ -157,7 +157,8 @@ def test_page_edits_the_convergence_settings(qtbot):
     from PyQt5.QtWidgets import QComboBox, QLineEdit
     from ptychodus.api.settings import SettingsRegistry
 
-    from ptychodus_ptychopinn_torch.config import BORDER_ACTIVATIONS, NORMALIZATIONS, OBJECT_INITS, SCHEDULERS
+    from ptychodus_ptychopinn_torch.config import (
+        BORDER_ACTIVATIONS, NORMALIZATIONS, OBJECT_INITS, SCHEDULERS, SUPERVISED_LABELS)
     from ptychodus_ptychopinn_torch.integration.library import create_library
 
     library = create_library(SettingsRegistry(), False)
@@ -169,6 +170,7 @@ def test_page_edits_the_convergence_settings(qtbot):
         ("Initial Object:", ("Model", "object_init"), OBJECT_INITS, "random"),
         ("Normalization:", ("Model", "normalization"), NORMALIZATIONS, "none"),
         ("LR Scheduler:", ("Training", "scheduler"), SCHEDULERS, "WarmupCosine"),
+        ("Supervised Labels:", ("Training", "supervised_labels"), SUPERVISED_LABELS, "refined"),
     ]:
         combo = _form_field(page, label)
         assert isinstance(combo, QComboBox), label

@@ -14,6 +14,7 @@ from ptychodus_ptychopinn_torch.config import (
     NORMALIZATIONS,
     OBJECT_INITS,
     SCHEDULERS,
+    SUPERVISED_LABELS,
     InferenceConfig,
     ModelConfig,
     TrainingConfig,
@@ -74,6 +75,7 @@ def test_defaults_build_valid_configs_with_n_from_the_data(settings):
     assert configs.training.scheduler == training.scheduler
     assert configs.training.lr_warmup_epochs == training.lr_warmup_epochs
     assert configs.training.lr_min_ratio == training.lr_min_ratio
+    assert configs.training.supervised_labels == training.supervised_labels
 
 
 def test_every_setting_reaches_its_config_field(settings):
@@ -90,6 +92,8 @@ def test_every_setting_reaches_its_config_field(settings):
         ("Model", "normalization"): _other_choice(NORMALIZATIONS, ModelConfig().normalization),
         ("Training", "scheduler"): "WarmupCosine", ("Training", "lr_warmup_epochs"): 3,
         ("Training", "lr_min_ratio"): 0.25,
+        ("Training", "supervised_labels"): _other_choice(SUPERVISED_LABELS,
+                                                         TrainingConfig().supervised_labels),
         ("Execution", "device"): "cpu", ("Execution", "gpu_indices"): "0, 1",
         ("Execution", "precision"): "bf16-mixed", ("Execution", "seed"): 7,
     }
@@ -106,6 +110,7 @@ def test_every_setting_reaches_its_config_field(settings):
     assert c.model.border_activation == changed["Model", "border_activation"]
     assert c.model.object_init == changed["Model", "object_init"]
     assert c.model.normalization == changed["Model", "normalization"]
+    assert c.training.supervised_labels == changed["Training", "supervised_labels"]
     assert c.training.model is c.model and c.inference.model is c.model
     assert (c.training.scheduler, c.training.lr_warmup_epochs, c.training.lr_min_ratio) == (
         "WarmupCosine", 3, 0.25)
@@ -131,6 +136,7 @@ def test_every_setting_reaches_its_config_field(settings):
     ("Training", "scheduler", "Cosine", "[PtychoPINNPyTorchTraining] scheduler"),
     ("Training", "lr_warmup_epochs", -1, "[PtychoPINNPyTorchTraining] lr_warmup_epochs"),
     ("Training", "lr_min_ratio", 1.5, "[PtychoPINNPyTorchTraining] lr_min_ratio"),
+    ("Training", "supervised_labels", "truth", "[PtychoPINNPyTorchTraining] supervised_labels"),
 ])
 def test_out_of_range_values_name_the_settings_key(settings, group, key, value, section):
     settings.parameter(group, key).set_value(value)
@@ -169,6 +175,7 @@ def test_choice_errors_list_the_allowed_values(settings):
     ("Training", "scheduler", "training.scheduler", SCHEDULERS),
     ("Training", "lr_warmup_epochs", "training.lr_warmup_epochs", ()),
     ("Training", "lr_min_ratio", "training.lr_min_ratio", ()),
+    ("Training", "supervised_labels", "training.supervised_labels", SUPERVISED_LABELS),
 ])
 def test_convergence_settings_map_to_their_fields(group, key, target, choices):
     spec = next(s for s in SETTINGS if (s.group, s.key) == (group, key))

@@ -1,0 +1,210 @@
+"""The network alone, trained supervised on the physics refinement's object of the scan itself.
+
+    python benchmarks/refined_labels.py                                   # the 10^5-photon realistic cases
+    python benchmarks/refined_labels.py --cases text-grass --epochs 10    # a subset, shorter
+    python benchmarks/refined_labels.py --quick --no-doc --out /tmp/b      # CI-sized
+
+The gridsize-1 PINN's loss cannot identify a photograph-like object (docs/performance.md, "What
+limits the network"); the physics refinement, which sees every overlap at once, can. With
+``supervised_labels="refined"`` the engine first refines a flat object against the scan (known
+probe and positions, `RefinementOptions` defaults) and then trains the network supervised on that
+object: no true object is used anywhere. For each case of `benchmarks/cases/realistic.json` this
+runs `train_model` that way (timed as a whole: label refinement + training), reconstructs the
+scan with the network alone (`refine_iterations=0`) and with 200 refinement passes, and scores
+every object with `evaluation.evaluate_object` and its excess NLL (`realistic.Likelihood`). The
+gridsize-1 PINN's network-alone scores of the last realistic-suite run
+(`benchmarks/results/realistic-cpu.json`) are quoted next to them. ``--transfer`` also applies the
+first case's network to the second case's scan (same probe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # noqa: E402
+import realistic  # noqa: E402
+
+NAME = "refined-labels"
+DEFAULT_CASES = "brick-gravel,text-grass,chelsea-coffee,moon-retina,coins-camera-weak"
+#: Supervised settings measured best on a CPU (docs/performance.md, "More levers, screened").
+SETTINGS = {"batch_size": 16, "learning_rate": 4e-3, "n_filters_scale": 1, "normalization": "batch",
+            "validation_fraction": 0.0, "early_stop_patience": 100}
+
+
+def training_config(case: Any, epochs: int | None) -> Any:
+    from ptychodus_ptychopinn_torch.config import ModelConfig, TrainingConfig
+
+    steps_per_epoch = -(-case.num_positions // SETTINGS["batch_size"])
+    nepochs = epochs or max(1, case.max_steps // steps_per_epoch)
+    model = ModelConfig(N=case.N, gridsize=1, n_filters_scale=SETTINGS["n_filters_scale"],
+                        model_type="supervised", normalization=SETTINGS["normalization"])
+    return TrainingConfig(model=model, batch_size=SETTINGS["batch_size"], nepochs=nepochs, n_groups=None,
+                          learning_rate=SETTINGS["learning_rate"], supervised_labels="refined",
+                          validation_fraction=SETTINGS["validation_fraction"],
+                          early_stop_patience=SETTINGS["early_stop_patience"])
+
+
+def pinn_reference(path: Path) -> dict[str, Any]:
+    """Network-alone scores of the last realistic-suite run, by case (empty if none)."""
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    out = {}
+    for name, record in doc.get("cases", {}).items():
+        try:
+            out[name] = {"network": record["network"]["metrics"], "steps": record["network"]["training"]["steps"],
+                         "flat": record["flat_object"]["metrics"]}
+        except KeyError:
+            continue
+    for record in doc.get("pretrained", {}).values():
+        try:
+            out[f"{record['train_case']}-on-{record['apply_case']}"] = {"network": record["network"]["metrics"]}
+        except KeyError:
+            continue
+    return out
+
+
+def run_case(case: Any, epochs: int | None, device: torch.device, passes: int, log=print) -> tuple[dict, Any]:
+    from ptychodus_ptychopinn_torch.config import InferenceConfig
+    from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
+    from ptychodus_ptychopinn_torch.simulate import simulate_scan
+    from ptychodus_ptychopinn_torch.workflows.engine import reconstruct_object, refine_reconstruction, train_model
+
+    execution = h.execution_config(device.type)
+    sim = simulate_scan(**case.simulate_kwargs())
+    scan = dataclasses.replace(scan_from_reconstruct_input(sim.reconstruct_input), object_guess=None)
+    truth = np.asarray(sim.product.object_.get_layers_flattened(), dtype=np.complex64)
+    lik = realistic.Likelihood(scan, device)
+    truth_nll, _ = lik.nll(truth)
+    training = training_config(case, epochs)
+    record: dict[str, Any] = {"settings": case.simulate_kwargs(), "load_average_before": realistic._load()}
+    losses: list[float] = []
+    start = time.perf_counter()
+    bundle = train_model(scan, training, execution, on_epoch=lambda r: losses.append(r.train_loss))
+    train_seconds = time.perf_counter() - start
+    labels = bundle.provenance["supervised_labels"]
+    steps = len(losses) * -(-scan.num_positions // training.batch_size)
+    record["training"] = {"seconds": train_seconds, "label_seconds": labels["seconds"], "label_passes": labels["passes"],
+                          "label_nll": labels["nll"], "label_excess_nll": labels["nll"] - truth_nll,
+                          "epochs": len(losses), "steps": steps, "batch_size": training.batch_size,
+                          "learning_rate": training.learning_rate, "losses": losses}
+    record["truth_nll"] = truth_nll
+    record["flat"] = realistic._entry("flat object", 0.0, np.ones(scan.object_shape, np.complex64), sim.product,
+                                      lik, truth_nll)
+    net = reconstruct_object(bundle, scan, InferenceConfig(model=bundle.model_config, refine_iterations=0), execution)
+    record["network"] = realistic._entry("network alone", train_seconds + net.seconds, net.object, sim.product,
+                                         lik, truth_nll)
+    rec = refine_reconstruction(net, scan, InferenceConfig(model=bundle.model_config, refine_iterations=passes),
+                                execution)
+    record["network_refined"] = realistic._entry(f"network + {passes} passes",
+                                                 train_seconds + net.seconds + rec.refinement.seconds,
+                                                 rec.object, sim.product, lik, truth_nll, passes=passes)
+    record["load_average_after"] = realistic._load()
+    m = record["network"]["metrics"]
+    log(f"[{case.name}] labels {labels['seconds']:.1f} s + training {train_seconds - labels['seconds']:.0f} s "
+        f"({steps} steps): network alone {m['amplitude_ssim']:.3f}/{m['phase_ssim']:.3f}", flush=True)
+    return record, (sim, scan, bundle)
+
+
+def run_transfer(source: Any, target: Any, device: torch.device, passes: int) -> dict[str, Any]:
+    from ptychodus_ptychopinn_torch.config import InferenceConfig
+    from ptychodus_ptychopinn_torch.workflows.engine import reconstruct_object, refine_reconstruction
+
+    execution = h.execution_config(device.type)
+    (_, _, bundle), (sim, scan, _) = source, target
+    lik = realistic.Likelihood(scan, device)
+    truth_nll, _ = lik.nll(np.asarray(sim.product.object_.get_layers_flattened(), dtype=np.complex64))
+    net = reconstruct_object(bundle, scan, InferenceConfig(model=bundle.model_config, refine_iterations=0), execution)
+    rec = refine_reconstruction(net, scan, InferenceConfig(model=bundle.model_config, refine_iterations=passes),
+                                execution)
+    return {"network": realistic._entry("pretrained network alone", net.seconds, net.object, sim.product, lik,
+                                        truth_nll),
+            "network_refined": realistic._entry(f"pretrained network + {passes} passes",
+                                                net.seconds + rec.refinement.seconds, rec.object, sim.product,
+                                                lik, truth_nll, passes=passes)}
+
+
+def _ssim(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "n/a"
+    return f"{metrics['amplitude_ssim']:.3f} / {metrics['phase_ssim']:.3f}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    rows = []
+    for name, r in doc["cases"].items():
+        t, ref = r["training"], doc["pinn_reference"].get(name, {})
+        pinn = ref.get("network")
+        rows.append([name, f"{t['epochs']} ({t['steps']})", round(t["label_seconds"], 1), round(t["seconds"], 1),
+                     _ssim(r["flat"]["metrics"]), f"{_ssim(pinn)} ({ref.get('steps', '?')} steps)" if pinn else "n/a",
+                     f"**{_ssim(r['network']['metrics'])}**", f"{r['network']['excess_nll']:.3g}",
+                     _ssim(r["network_refined"]["metrics"])])
+    headers = ["case", "epochs (steps, batch 16)", "labels s", "labels + training s", "flat object",
+               "PINN network alone (suite run)", "network alone, refined labels", "its excess NLL",
+               f"+ {doc['passes']} passes"]
+    text = f"{h.machine_line(doc['machine'])}\n\n" + h.table(headers, rows)
+    for name, tr in doc.get("transfers", {}).items():
+        pinn = doc["pinn_reference"].get(name, {}).get("network")
+        text += (f"\n\nNetwork fitted to {tr['train_case']} (refined labels) applied to {tr['apply_case']}: "
+                 f"network alone {_ssim(tr['network']['metrics'])} in {tr['network']['seconds']:.1f} s "
+                 f"(the PINN fitted to {tr['train_case']}, suite run: {_ssim(pinn)}), "
+                 f"+ {doc['passes']} passes {_ssim(tr['network_refined']['metrics'])} in "
+                 f"{tr['network_refined']['seconds']:.1f} s.")
+    return text + ("\n\nRegenerate: `python benchmarks/refined_labels.py` (JSON: "
+                   "`benchmarks/results/refined-labels-cpu.json`).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated realistic case names")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (default: the most that keep optimiser steps <= the case's max_steps)")
+    parser.add_argument("--passes", type=int, default=200, help="refinement passes after the network (default: 200)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="also apply the first case's network to the second case's scan")
+    h.add_common_arguments(parser, NAME, quick_help="CI-sized: 128 positions, 2 epochs", precision=False)
+    args = parser.parse_args(argv)
+
+    h.quiet_third_party_logs()
+    start = time.perf_counter()
+    device = h.torch_device(args.device)
+    cases, _ = realistic.load_cases(realistic.CASES_FILE, quick=args.quick)
+    passes = 5 if args.quick else args.passes
+    names = [s.strip() for s in args.cases.split(",") if s.strip()]
+    for name in names:
+        if name not in cases:
+            raise SystemExit(f"unknown case {name!r}; expected one of {sorted(cases)}")
+    doc: dict[str, Any] = {"benchmark": NAME, "machine": h.machine_info(device), "settings": SETTINGS,
+                           "passes": passes, "pinn_reference": pinn_reference(args.out / f"realistic-{device.type}.json"),
+                           "cases": {}, "transfers": {}}
+    kept = {}
+    for i, name in enumerate(names):
+        epochs = args.epochs or (2 if args.quick else None)
+        doc["cases"][name], run = run_case(cases[name], epochs, device, passes)
+        if args.transfer and i < 2:
+            kept[name] = run
+    if args.transfer and len(names) >= 2:
+        doc["transfers"][f"{names[0]}-on-{names[1]}"] = {
+            "train_case": names[0], "apply_case": names[1],
+            **run_transfer(kept[names[0]], kept[names[1]], device, passes)}
+    h.finish_info(doc["machine"], start)
+    suffix = "-quick" if args.quick else ""
+    out = h.write_json(args.out / f"{NAME}-{device.type}{suffix}.json", doc)
+    print(f"wrote {out}")
+    if not args.no_doc and not args.quick:
+        h.update_markdown(args.doc, NAME, markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
