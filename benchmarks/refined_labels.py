@@ -38,20 +38,22 @@ NAME = "refined-labels"
 DEFAULT_CASES = "brick-gravel,text-grass,chelsea-coffee,moon-retina,coins-camera-weak"
 #: Supervised settings measured best on a CPU (docs/performance.md, "More levers, screened").
 SETTINGS = {"batch_size": 16, "learning_rate": 4e-3, "n_filters_scale": 1, "normalization": "batch",
-            "validation_fraction": 0.0, "early_stop_patience": 100}
+            "validation_fraction": 0.0, "early_stop_patience": 100, "scheduler": "ReduceLROnPlateau",
+            "lr_min_ratio": 0.1}
 
 
-def training_config(case: Any, epochs: int | None) -> Any:
+def training_config(case: Any, epochs: int | None, settings: dict[str, Any]) -> Any:
     from ptychodus_ptychopinn_torch.config import ModelConfig, TrainingConfig
 
-    steps_per_epoch = -(-case.num_positions // SETTINGS["batch_size"])
+    steps_per_epoch = -(-case.num_positions // int(settings["batch_size"]))
     nepochs = epochs or max(1, case.max_steps // steps_per_epoch)
-    model = ModelConfig(N=case.N, gridsize=1, n_filters_scale=SETTINGS["n_filters_scale"],
-                        model_type="supervised", normalization=SETTINGS["normalization"])
-    return TrainingConfig(model=model, batch_size=SETTINGS["batch_size"], nepochs=nepochs, n_groups=None,
-                          learning_rate=SETTINGS["learning_rate"], supervised_labels="refined",
-                          validation_fraction=SETTINGS["validation_fraction"],
-                          early_stop_patience=SETTINGS["early_stop_patience"])
+    model = ModelConfig(N=case.N, gridsize=1, n_filters_scale=settings["n_filters_scale"],
+                        model_type="supervised", normalization=settings["normalization"])
+    return TrainingConfig(model=model, batch_size=settings["batch_size"], nepochs=nepochs, n_groups=None,
+                          learning_rate=settings["learning_rate"], supervised_labels="refined",
+                          validation_fraction=settings["validation_fraction"],
+                          early_stop_patience=settings["early_stop_patience"], scheduler=settings["scheduler"],
+                          lr_min_ratio=settings["lr_min_ratio"])
 
 
 def pinn_reference(path: Path) -> dict[str, Any]:
@@ -74,7 +76,8 @@ def pinn_reference(path: Path) -> dict[str, Any]:
     return out
 
 
-def run_case(case: Any, epochs: int | None, device: torch.device, passes: int, log=print) -> tuple[dict, Any]:
+def run_case(case: Any, epochs: int | None, settings: dict[str, Any], device: torch.device, passes: int,
+             log=print) -> tuple[dict, Any]:
     from ptychodus_ptychopinn_torch.config import InferenceConfig
     from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
     from ptychodus_ptychopinn_torch.simulate import simulate_scan
@@ -86,7 +89,7 @@ def run_case(case: Any, epochs: int | None, device: torch.device, passes: int, l
     truth = np.asarray(sim.product.object_.get_layers_flattened(), dtype=np.complex64)
     lik = realistic.Likelihood(scan, device)
     truth_nll, _ = lik.nll(truth)
-    training = training_config(case, epochs)
+    training = training_config(case, epochs, settings)
     record: dict[str, Any] = {"settings": case.simulate_kwargs(), "load_average_before": realistic._load()}
     losses: list[float] = []
     start = time.perf_counter()
@@ -149,10 +152,15 @@ def markdown(doc: dict[str, Any]) -> str:
                      _ssim(r["flat"]["metrics"]), f"{_ssim(pinn)} ({ref.get('steps', '?')} steps)" if pinn else "n/a",
                      f"**{_ssim(r['network']['metrics'])}**", f"{r['network']['excess_nll']:.3g}",
                      _ssim(r["network_refined"]["metrics"])])
-    headers = ["case", "epochs (steps, batch 16)", "labels s", "labels + training s", "flat object",
+    headers = ["case", f"epochs (steps, batch {doc['settings']['batch_size']})", "labels s", "labels + training s", "flat object",
                "PINN network alone (suite run)", "network alone, refined labels", "its excess NLL",
                f"+ {doc['passes']} passes"]
-    text = f"{h.machine_line(doc['machine'])}\n\n" + h.table(headers, rows)
+    st = {"scheduler": "ReduceLROnPlateau", "lr_min_ratio": 0.1, **doc["settings"]}
+    text = (f"{h.machine_line(doc['machine'])}\n\nSupervised, `supervised_labels=\"refined\"`, gridsize 1, "
+            f"`n_filters_scale` {st['n_filters_scale']}, `normalization` {st['normalization']}, batch "
+            f"{st['batch_size']}, learning rate {st['learning_rate']:g}, scheduler {st['scheduler']}"
+            + (f" (floor {st['lr_min_ratio']:g})" if st["scheduler"] == "WarmupCosine" else "")
+            + "; amplitude / phase SSIM.\n\n" + h.table(headers, rows))
     for name, tr in doc.get("transfers", {}).items():
         pinn = doc["pinn_reference"].get(name, {}).get("network")
         text += (f"\n\nNetwork fitted to {tr['train_case']} (refined labels) applied to {tr['apply_case']}: "
@@ -172,8 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=200, help="refinement passes after the network (default: 200)")
     parser.add_argument("--transfer", action="store_true",
                         help="also apply the first case's network to the second case's scan")
+    parser.add_argument("--batch-size", type=int, default=SETTINGS["batch_size"],
+                        help=f"training batch size (default: {SETTINGS['batch_size']})")
+    parser.add_argument("--scheduler", default=SETTINGS["scheduler"], help="TrainingConfig.scheduler")
+    parser.add_argument("--lr-min-ratio", type=float, default=SETTINGS["lr_min_ratio"],
+                        help="TrainingConfig.lr_min_ratio (WarmupCosine's floor)")
     h.add_common_arguments(parser, NAME, quick_help="CI-sized: 128 positions, 2 epochs", precision=False)
     args = parser.parse_args(argv)
+    settings = {**SETTINGS, "batch_size": args.batch_size, "scheduler": args.scheduler,
+                "lr_min_ratio": args.lr_min_ratio}
 
     h.quiet_third_party_logs()
     start = time.perf_counter()
@@ -184,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name not in cases:
             raise SystemExit(f"unknown case {name!r}; expected one of {sorted(cases)}")
-    doc: dict[str, Any] = {"benchmark": NAME, "machine": h.machine_info(device), "settings": SETTINGS,
+    doc: dict[str, Any] = {"benchmark": NAME, "machine": h.machine_info(device), "settings": settings,
                            "passes": passes, "pinn_reference": pinn_reference(args.out / f"realistic-{device.type}.json"),
                            "cases": {}, "transfers": {}}
     kept = {}
     for i, name in enumerate(names):
         epochs = args.epochs or (2 if args.quick else None)
-        doc["cases"][name], run = run_case(cases[name], epochs, device, passes)
+        doc["cases"][name], run = run_case(cases[name], epochs, settings, device, passes)
         if args.transfer and i < 2:
             kept[name] = run
     if args.transfer and len(names) >= 2:

@@ -51,6 +51,20 @@ def test_train_then_reconstruct_hdf5_pair(h5_dir, simulated32, tmp_path, capsys)
     _train_and_reconstruct(h5_dir, tmp_path, capsys, shape)
 
 
+def test_supervised_training_on_refined_labels(npz_path, tmp_path, capsys):
+    """``train --mode supervised --labels refined``: trains, and the model file says where its
+    labels came from."""
+    from ptychodus_ptychopinn_torch.checkpoint import load_model
+
+    out = tmp_path / "run"
+    assert cli.main(["train", str(npz_path), "--out", str(out), *TINY, "--mode", "supervised",
+                     "--labels", "refined"]) == 0
+    assert "epoch 1/1" in capsys.readouterr().out
+    bundle = load_model(out / "model.ckpt")
+    assert bundle.training_config.supervised_labels == "refined"
+    assert bundle.provenance["supervised_labels"]["source"] == "refined"
+
+
 def test_demo_writes_figure_and_metrics(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--epochs", "1", "--positions", "32", "--device", "cpu"]

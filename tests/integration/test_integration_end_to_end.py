@@ -111,6 +111,24 @@ def test_batch_train_then_reconstruct(batch_scan, tmp_path):
     assert metrics["phase_ssim"] >= 0.10, metrics
 
 
+def test_batch_supervised_training_on_refined_labels(tiny_scan, tmp_path):
+    """``ptychodus -b train`` with the Supervised reconstructor and ``supervised_labels =
+    refined``: the labels are reconstructed from the scan in the worker, and the model says so."""
+    import torch
+
+    train_in = write_batch_dir(tiny_scan, tmp_path / "IN", algorithm="ptychopinn (pytorch)_supervised")
+    ini = train_in / "settings.ini"
+    ini.write_text(ini.read_text().replace("[PtychoPINNPyTorchTraining]\n",
+                                           "[PtychoPINNPyTorchTraining]\nsupervised_labels = refined\n"))
+    result = ptychodus_batch("train", train_in, tmp_path / "OUT")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    payload = torch.load(tmp_path / "OUT" / "model.ckpt", weights_only=True)
+    assert payload["training_config"]["model"]["model_type"] == "supervised"
+    assert payload["training_config"]["supervised_labels"] == "refined"
+    labels = payload["provenance"]["supervised_labels"]
+    assert labels["source"] == "refined" and labels["passes"] > 0
+
+
 def test_batch_failures_exit_non_zero_and_keep_saved_files(tiny_scan, tmp_path):
     # an algorithm key that names our library but no reconstructor
     unknown = write_batch_dir(tiny_scan, tmp_path / "unknown",
