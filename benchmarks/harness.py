@@ -613,6 +613,18 @@ def update_markdown(path: Path, key: str, body: str) -> Path:
     return path
 
 
+def publish(doc: dict[str, Any], args: Any, name: str, device: torch.device,
+            markdown: Callable[[dict[str, Any]], str]) -> Path:
+    """Write ``<out>/<name>-<device>[-quick].json`` and, for a full run without ``--no-doc``,
+    replace the ``name`` section of the doc with ``markdown(doc)``."""
+    suffix = "-quick" if args.quick else ""
+    out = write_json(args.out / f"{name}-{device.type}{suffix}.json", doc)
+    print(f"wrote {out}")
+    if not args.no_doc and not args.quick:
+        update_markdown(args.doc, name, markdown(doc))
+    return out
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub markdown table; floats get three significant figures."""
     def fmt(v: Any) -> str:

@@ -149,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["groups"].append(r)
         doc["cases"][name] = entry
     h.finish_info(doc["machine"], start)
-    suffix = "-quick" if args.quick else ""
-    out = h.write_json(args.out / f"{NAME}-{device.type}{suffix}.json", doc)
-    print(f"wrote {out}")
-    if not args.no_doc and not args.quick:
-        h.update_markdown(args.doc, NAME, markdown(doc))
+    h.publish(doc, args, NAME, device, markdown)
     return 0
 
 

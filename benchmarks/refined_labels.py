@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                            "passes": passes, "pinn_reference": pinn_reference(args.out / f"realistic-{device.type}.json"),
                            "cases": {}, "transfers": {}}
     kept = {}
+    epochs = args.epochs or (2 if args.quick else None)
     for i, name in enumerate(names):
-        epochs = args.epochs or (2 if args.quick else None)
         doc["cases"][name], run = run_case(cases[name], epochs, settings, device, passes)
         if args.transfer and i < 2:
             kept[name] = run
@@ -214,11 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_case": names[0], "apply_case": names[1],
             **run_transfer(kept[names[0]], kept[names[1]], device, passes)}
     h.finish_info(doc["machine"], start)
-    suffix = "-quick" if args.quick else ""
-    out = h.write_json(args.out / f"{NAME}-{device.type}{suffix}.json", doc)
-    print(f"wrote {out}")
-    if not args.no_doc and not args.quick:
-        h.update_markdown(args.doc, NAME, markdown(doc))
+    h.publish(doc, args, NAME, device, markdown)
     return 0
 
 

@@ -737,38 +737,34 @@ def _add_learning_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--learning-rate", type=_positive_float, metavar="X",
                        default=default("learning_rate"),
                        help=f"optimiser learning rate (default: {default('learning_rate'):g})")
-    train.add_argument("--scheduler", choices=SCHEDULERS, default=default("scheduler"),
-                       help="learning-rate schedule: Default = constant, Exponential = x0.95 "
-                            "per epoch, WarmupCosine = linear warm-up then cosine decay, "
-                            "ReduceLROnPlateau = reduce when the validation loss stalls "
-                            f"(default: {default('scheduler')})")
+    def choice(flag: str, choices: tuple[str, ...], name: str, config: str, text: str) -> None:
+        """A choice option for config field ``name``; its help ends with the dataclass default."""
+        train.add_argument(flag, choices=choices, dest=name, default=default(name, config),
+                           help=f"{text} (default: {default(name, config)})")
+
+    choice("--scheduler", SCHEDULERS, "scheduler", "TrainingConfig",
+           "learning-rate schedule: Default = constant, Exponential = x0.95 per epoch, "
+           "WarmupCosine = linear warm-up then cosine decay, ReduceLROnPlateau = reduce when the "
+           "validation loss stalls")
     train.add_argument("--lr-warmup-epochs", type=_non_negative_int, default=None, metavar="N",
                        help="WarmupCosine only: epochs of linear warm-up to the learning rate "
                             f"(default: {default('lr_warmup_epochs')})")
     train.add_argument("--lr-min-ratio", type=_unit_fraction, default=None, metavar="X",
                        help="WarmupCosine only: final learning rate as a fraction of "
                             f"--learning-rate, 0 to 1 (default: {default('lr_min_ratio')})")
-    train.add_argument("--border-activation", choices=BORDER_ACTIVATIONS,
-                       default=default("border_activation", "ModelConfig"),
-                       help="activation of the border path outside the central N/2 square: "
-                            "head = the central path's own, swish = PtychoPINN's SiLU "
-                            f"(default: {default('border_activation', 'ModelConfig')})")
-    train.add_argument("--object-init", choices=OBJECT_INITS,
-                       default=default("object_init", "ModelConfig"),
-                       help="the untrained network's prediction: flat = uniform object, zero "
-                            "phase; random = Glorot-initialised output layers as PtychoPINN "
-                            f"(default: {default('object_init', 'ModelConfig')})")
-    train.add_argument("--labels", choices=SUPERVISED_LABELS, dest="supervised_labels",
-                       default=default("supervised_labels"),
-                       help="--mode supervised's labels: object = the object in DATA (the true "
-                            "object); refined = the object the physics refinement reconstructs "
-                            "from DATA (200 passes from a flat start), no true object needed "
-                            f"(default: {default('supervised_labels')})")
-    train.add_argument("--normalization", choices=NORMALIZATIONS,
-                       default=default("normalization", "ModelConfig"),
-                       help="layer after every hidden convolution: batch = BatchNorm (fits "
-                            "supervised labels faster with --batch-size 16), none = PtychoPINN's "
-                            f"network (default: {default('normalization', 'ModelConfig')})")
+    choice("--border-activation", BORDER_ACTIVATIONS, "border_activation", "ModelConfig",
+           "activation of the border path outside the central N/2 square: head = the central "
+           "path's own, swish = PtychoPINN's SiLU")
+    choice("--object-init", OBJECT_INITS, "object_init", "ModelConfig",
+           "the untrained network's prediction: flat = uniform object, zero phase; random = "
+           "Glorot-initialised output layers as PtychoPINN")
+    choice("--labels", SUPERVISED_LABELS, "supervised_labels", "TrainingConfig",
+           "--mode supervised's labels: object = the object in DATA (the true object); refined = "
+           "the object the physics refinement reconstructs from DATA (200 passes from a flat "
+           "start), no true object needed")
+    choice("--normalization", NORMALIZATIONS, "normalization", "ModelConfig",
+           "layer after every hidden convolution: batch = BatchNorm (fits supervised labels "
+           "faster with --batch-size 16), none = PtychoPINN's network")
 
 
 def build_parser() -> argparse.ArgumentParser:

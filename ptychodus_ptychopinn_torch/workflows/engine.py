@@ -263,6 +263,23 @@ def train_model(
     )
 
 
+def _refinement_inputs(scan: ScanData) -> tuple[ScanTensors, torch.Tensor, float]:
+    """The refinement's view of ``scan``: its patterns and positions, and its probe times the
+    host's propagator scale (so the refined object is the physical transmission of the
+    product's probe; without that scale it keeps the gauge the global scale fit gives it)."""
+    data = ScanTensors.from_patterns(scan.amplitudes, scan.positions_px, scan.object_shape, scan.bad_pixels)
+    propagator = scan.propagator_scale or 1.0
+    return data, torch.as_tensor(scan.probe, dtype=torch.complex64) * propagator, propagator
+
+
+def _refine(initial, probe: torch.Tensor, data: ScanTensors, options: RefinementOptions, **kwargs):
+    """`refinement.refine_object`, with a stop reported as the engine's `TrainingCancelled`."""
+    try:
+        return refine_object(initial, probe, data, options, **kwargs)
+    except RefinementCancelled as exc:
+        raise TrainingCancelled(str(exc)) from None
+
+
 def refined_labels(scan: ScanData, *, device: torch.device, seed: int = 0,
                    should_stop: Callable[[], bool] | None = None) -> tuple[ScanData, dict]:
     """``scan`` with its object replaced by the refinement's reconstruction of the scan itself.
@@ -274,16 +291,11 @@ def refined_labels(scan: ScanData, *, device: torch.device, seed: int = 0,
     the model's provenance. Raises `TrainingCancelled` when ``should_stop()`` turns true.
     """
     start = time.perf_counter()
-    data = ScanTensors.from_patterns(scan.amplitudes, scan.positions_px, scan.object_shape, scan.bad_pixels)
-    propagator = scan.propagator_scale or 1.0
-    probe = torch.as_tensor(scan.probe, dtype=torch.complex64) * propagator
+    data, probe, _ = _refinement_inputs(scan)
     options = RefinementOptions(batch_size=REFINE_BATCH_SIZE, seed=seed)
     logger.info("supervised labels: refining a flat object, %d passes over %d positions",
                 options.iterations, scan.num_positions)
-    try:
-        result = refine_object(None, probe, data, options, device=device, should_stop=should_stop)
-    except RefinementCancelled as exc:
-        raise TrainingCancelled(str(exc)) from None
+    result = _refine(None, probe, data, options, device=device, should_stop=should_stop)
     if result.stopped_early:
         logger.warning("supervised labels: %s", result.stopped_early)
     loss = negative_log_likelihood(torch.as_tensor(result.object), probe, data, device=device)
@@ -445,11 +457,7 @@ def refine_reconstruction(
     if device is None:
         device = inference_devices(execution)[0]
     start = time.perf_counter()
-    data = ScanTensors.from_patterns(scan.amplitudes, scan.positions_px, scan.object_shape, scan.bad_pixels)
-    # With the host's propagator scale the refined object is the physical transmission of the
-    # product's probe; without it, the object keeps the gauge the global scale fit gives it.
-    propagator = scan.propagator_scale or 1.0
-    probe = torch.as_tensor(scan.probe, dtype=torch.complex64) * propagator
+    data, probe, propagator = _refinement_inputs(scan)
     flat_loss = negative_log_likelihood(flat_object(probe, data), probe, data, device=device)
     options = RefinementOptions(
         iterations=inference.refine_iterations, batch_size=REFINE_BATCH_SIZE,
@@ -458,11 +466,8 @@ def refine_reconstruction(
     if options.iterations:
         logger.info("refining the object: %d passes over %d positions%s", options.iterations,
                     scan.num_positions, " (and the probe)" if options.refine_probe else "")
-    try:
-        result = refine_object(reconstruction.object, probe, data, options, device=device,
-                               on_pass=on_pass, on_batch=on_batch, should_stop=should_stop)
-    except RefinementCancelled as exc:
-        raise TrainingCancelled(str(exc)) from None
+    result = _refine(reconstruction.object, probe, data, options, device=device,
+                     on_pass=on_pass, on_batch=on_batch, should_stop=should_stop)
     # The pass losses are measured while the object changes; score the returned object itself.
     final_loss = result.initial_loss
     if result.passes_run:
