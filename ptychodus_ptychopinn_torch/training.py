@@ -23,6 +23,7 @@ __all__ = [
     "resolve_strategy",
     "EpochReport",
     "TrainingCancelled",
+    "TrainingDiverged",
     "PtychoPINNModule",
     "fit",
 ]
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 class TrainingCancelled(RuntimeError):
     """Raised when a stop was requested; the run's weights are discarded."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when no epoch ended with a finite loss: the weights are not a model, so none is returned."""
 
 
 @dataclass(frozen=True)
@@ -316,7 +321,9 @@ def fit(
 ) -> dict[str, list[float]]:
     """Train ``module`` in place; restore the best weights; return the loss history.
 
-    Raises `TrainingCancelled` when ``should_stop()`` turns true (checked before every batch).
+    Raises `TrainingCancelled` when ``should_stop()`` turns true (checked before every batch) and
+    `TrainingDiverged` when no epoch ended with a finite loss (a later non-finite epoch only logs a
+    warning: the best finite epoch's weights are kept).
     """
     monitor = "val_loss" if val_loader is not None else "train_loss"
     progress = _Progress(on_epoch, on_batch, should_stop, monitor)
@@ -342,7 +349,17 @@ def fit(
             callbacks=callbacks,
         )
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    epochs = len(progress.history["train_loss"])
+    if progress.best_state is None and epochs:
+        raise TrainingDiverged(
+            f"training diverged: the {progress.monitor} was not finite in any of the {epochs} epochs "
+            f"run (last: {progress.history['train_loss'][-1]}); no model was produced. Try a lower "
+            "learning_rate or gradient_clip_val, or check the data for non-finite values")
     if progress.best_state is not None:
+        last = progress.history["val_loss" if progress.monitor == "val_loss" else "train_loss"][-1]
+        if not math.isfinite(last):
+            logger.warning("the %s became non-finite (epoch %d: %s); kept the weights of epoch %d",
+                           progress.monitor, epochs, last, progress.best_epoch)
         module.model.load_state_dict(progress.best_state)
     patience = training.early_stop_patience if val_loader is not None else None
     logger.info("%s", _summary(progress, training.nepochs, patience))

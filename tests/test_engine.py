@@ -64,6 +64,34 @@ def test_stop_cancels_before_the_next_batch(scan):
     assert len(calls) == 3  # polled before each batch; the third poll stopped it
 
 
+def _loss_turns_nan(monkeypatch, from_epoch: int) -> None:
+    """Make the training loss NaN from ``from_epoch`` (0-based) on, gradients included."""
+    from ptychodus_ptychopinn_torch.training import PtychoPINNModule
+
+    original = PtychoPINNModule.compute_loss
+
+    def compute_loss(self, batch):
+        loss = original(self, batch)
+        return loss * math.nan if self.current_epoch >= from_epoch else loss
+
+    monkeypatch.setattr(PtychoPINNModule, "compute_loss", compute_loss)
+
+
+def test_training_that_never_has_a_finite_loss_raises_and_returns_no_model(scan, monkeypatch):
+    _loss_turns_nan(monkeypatch, 0)
+    with pytest.raises(engine.TrainingDiverged, match="diverged.*train_loss was not finite in any of the 2 epochs"):
+        train_model(scan, tiny(validation_fraction=0.0), CPU)
+
+
+def test_loss_turning_nan_keeps_the_last_finite_epochs_weights(scan, monkeypatch, caplog):
+    _loss_turns_nan(monkeypatch, 1)
+    bundle = train_model(scan, tiny(validation_fraction=0.0), CPU)
+    losses = bundle.history["train_loss"]
+    assert math.isfinite(losses[0]) and math.isnan(losses[1])
+    assert all(torch.isfinite(v).all() for v in bundle.network.state_dict().values() if v.is_floating_point())
+    assert "became non-finite (epoch 2: nan); kept the weights of epoch 1" in caplog.text
+
+
 def test_bad_input_fails_before_training(scan):
     polled = []
     with pytest.raises(ValueError, match="64"):

@@ -37,7 +37,7 @@ from ..refinement import (
     negative_log_likelihood,
     refine_object,
 )
-from ..training import EpochReport, PtychoPINNModule, TrainingCancelled, fit
+from ..training import EpochReport, PtychoPINNModule, TrainingCancelled, TrainingDiverged, fit
 
 __all__ = [
     "EpochReport",
@@ -45,6 +45,7 @@ __all__ = [
     "RefinementSummary",
     "refine_reconstruction",
     "TrainingCancelled",
+    "TrainingDiverged",
     "derive_constants",
     "refined_labels",
     "train_model",
@@ -168,8 +169,8 @@ def train_model(
 
     Groups are drawn per `TrainingConfig` (``n_groups``, ``neighbor_count``, seed); a
     ``validation_fraction`` of them is held out unless ``validation_scan`` is given. Raises
-    `TrainingCancelled` if ``should_stop()`` becomes true; bad data raise ``ValueError``
-    before any training starts.
+    `TrainingCancelled` if ``should_stop()`` becomes true and `TrainingDiverged` if no epoch ends
+    with a finite loss; bad data raise ``ValueError`` before any training starts.
     """
     execution = execution or ExecutionConfig()
     model_cfg = training.model
