@@ -229,7 +229,8 @@ def test_refined_labels_quick(tmp_path):
     for entry in doc["cases"].values():
         t = entry["training"]
         assert t["label_passes"] > 0 and 0 < t["label_seconds"] < t["seconds"]
-        assert t["epochs"] == 2 and t["steps"] == 2 * 128 // 16
+        batch = doc["settings"]["batch_size"]
+        assert t["epochs"] == 2 and t["batch_size"] == batch and t["steps"] == 2 * -(-128 // batch)
         # labels from the refinement fit the data far better than a flat object
         assert t["label_excess_nll"] < 0.5 * entry["flat"]["excess_nll"]
         for key in ("network", "network_refined"):
