@@ -350,16 +350,16 @@ def fit(
         )
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     epochs = len(progress.history["train_loss"])
+    monitored = progress.history[progress.monitor] or progress.history["train_loss"]
     if progress.best_state is None and epochs:
         raise TrainingDiverged(
             f"training diverged: the {progress.monitor} was not finite in any of the {epochs} epochs "
-            f"run (last: {progress.history['train_loss'][-1]}); no model was produced. Try a lower "
+            f"run (last: {monitored[-1]}); no model was produced. Try a lower "
             "learning_rate or gradient_clip_val, or check the data for non-finite values")
     if progress.best_state is not None:
-        last = progress.history["val_loss" if progress.monitor == "val_loss" else "train_loss"][-1]
-        if not math.isfinite(last):
+        if not math.isfinite(monitored[-1]):
             logger.warning("the %s became non-finite (epoch %d: %s); kept the weights of epoch %d",
-                           progress.monitor, epochs, last, progress.best_epoch)
+                           progress.monitor, epochs, monitored[-1], progress.best_epoch)
         module.model.load_state_dict(progress.best_state)
     patience = training.early_stop_patience if val_loader is not None else None
     logger.info("%s", _summary(progress, training.nepochs, patience))
