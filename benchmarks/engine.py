@@ -13,6 +13,7 @@ recorded for each. Writes ``benchmarks/results/engine-<device>.json`` and replac
 ``engine-<device>`` section of ``docs/performance.md``.
 
     python benchmarks/engine.py                 # CPU (or --device cuda), full form
+                                                # (float32, and bf16 on CUDA or a native-bf16 CPU)
     python benchmarks/engine.py --quick         # CI-sized, seconds
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness as h  # noqa: E402
+from ptychodus_ptychopinn_torch.device import native_cpu_bf16  # noqa: E402
 
 N = 64
 GRIDSIZES = (1, 2)
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     h.add_common_arguments(parser, "engine", quick_help="CI-sized run (seconds)")
     args = parser.parse_args(argv)
     device = h.torch_device(args.device)
-    precisions = args.precision or (["32-true", "bf16-mixed"] if device.type == "cuda" else ["32-true"])
+    both = device.type == "cuda" or native_cpu_bf16()
+    precisions = args.precision or (["32-true", "bf16-mixed"] if both else ["32-true"])
     doc = run(device.type, quick=args.quick, precisions=precisions)
     path = h.write_json(args.out / f"engine-{device.type}.json", doc)
     print(f"wrote {path}")

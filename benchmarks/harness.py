@@ -661,4 +661,5 @@ def add_common_arguments(parser: "argparse.ArgumentParser", name: str, *, quick_
     parser.add_argument("--no-doc", action="store_true", help=doc_help)
     if precision:
         parser.add_argument("--precision", action="append", choices=("32-true", "bf16-mixed"),
-                            help="repeatable; default: 32-true on CPU, 32-true and bf16-mixed on CUDA")
+                            help="repeatable; default: 32-true, plus bf16-mixed on CUDA (engine.py: also on a "
+                                 "CPU with native bfloat16)")

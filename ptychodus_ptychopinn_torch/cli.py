@@ -816,7 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-filters-scale", type=_positive_int, default=2, metavar="F",
                        help="network width multiplier (default: 2)")
     train.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
-                       help="default: 32-true")
+                       help="bf16-mixed: bfloat16 autocast, on a GPU or on a CPU with AVX-512 BF16 "
+                            "or AMX (about twice as fast there); default: 32-true")
     _add_learning_options(train)
     train.set_defaults(func=_cmd_train)
 

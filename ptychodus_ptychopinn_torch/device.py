@@ -6,7 +6,7 @@ import logging
 
 from .config import ExecutionConfig
 
-__all__ = ["resolve_device", "lightning_accelerator"]
+__all__ = ["resolve_device", "lightning_accelerator", "check_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,3 +55,32 @@ def lightning_accelerator(execution: ExecutionConfig) -> tuple[str, list[int] | 
             return "gpu", list(execution.gpu_indices)
         return "gpu", execution.devices
     return "cpu", 1
+
+
+def check_precision(device, precision: str) -> None:
+    """Refuse a precision the device cannot run and warn when it would only be slower.
+
+    ``16-mixed`` needs CUDA. ``bf16-mixed`` runs on any CPU but is fast only where oneDNN has
+    native bfloat16 instructions (AVX-512 BF16 or AMX; docs/performance.md, "bf16 on a CPU");
+    elsewhere it is emulated, with no speed-up to show for its rounding.
+    """
+    if device.type == "cuda":
+        return
+    if precision == "16-mixed":
+        raise ValueError(
+            "precision '16-mixed' needs a CUDA GPU; on the CPU use '32-true' or 'bf16-mixed' "
+            "(fast on CPUs with AVX-512 BF16 or AMX)"
+        )
+    if precision == "bf16-mixed" and not native_cpu_bf16():
+        logger.warning(
+            "precision 'bf16-mixed' on a CPU without native bfloat16 instructions is emulated: "
+            "expect no speed-up over '32-true'"
+        )
+
+
+def native_cpu_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (True when torch cannot tell)."""
+    import torch
+
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return True if probe is None else bool(probe())

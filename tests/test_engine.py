@@ -1,5 +1,6 @@
 """The engine facade: training contract, repeatability, stop, precision, sharded inference."""
 
+import logging
 import math
 
 import numpy as np
@@ -155,6 +156,28 @@ def test_explicit_cuda_without_gpu_is_an_error(scan):
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="CUDA was requested"):
         train_model(scan, tiny(nepochs=1), ExecutionConfig(accelerator="cuda"))
+
+
+def test_half_precision_on_cpu_is_an_error_naming_the_alternatives(scan):
+    with pytest.raises(ValueError, match="'16-mixed' needs a CUDA GPU.*'bf16-mixed'"):
+        train_model(scan, tiny(nepochs=1), ExecutionConfig(accelerator="cpu", precision="16-mixed"))
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_warns(monkeypatch, caplog):
+    from ptychodus_ptychopinn_torch import device as device_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "native_cpu_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger=device_module.__name__):
+        device_module.check_precision(cpu, "bf16-mixed")
+        device_module.check_precision(cpu, "32-true")
+    assert [r.getMessage() for r in caplog.records] == [
+        "precision 'bf16-mixed' on a CPU without native bfloat16 instructions is emulated: "
+        "expect no speed-up over '32-true'"]
+    caplog.clear()
+    monkeypatch.setattr(device_module, "native_cpu_bf16", lambda: True)
+    device_module.check_precision(cpu, "bf16-mixed")
+    assert not caplog.records
 
 
 def _supervised(**kwargs):

@@ -26,7 +26,7 @@ from ..config import ExecutionConfig, InferenceConfig, TrainingConfig
 from ..data.dataset import GroupedDataset, normalisation_factor, split_groups
 from ..data.grouping import group_positions
 from ..data.scan import ScanData
-from ..device import lightning_accelerator, resolve_device
+from ..device import check_precision, lightning_accelerator, resolve_device
 from ..inference import PatchStitcher
 from ..model.pinn import PhysicsConstants, implied_object_amplitude
 from ..refinement import (
@@ -178,6 +178,7 @@ def train_model(
     if validation_scan is not None:
         validation_scan.validate(N=model_cfg.N, gridsize=model_cfg.gridsize, neighbor_count=training.neighbor_count)
     device, reason = resolve_device(execution)
+    check_precision(device, execution.precision)
     accelerator, devices = lightning_accelerator(execution)
     logger.info("training on %s", reason)
     seed = training.subsample_seed if training.subsample_seed is not None else execution.seed
