@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from .config import ExecutionConfig
 
-__all__ = ["resolve_device", "lightning_accelerator", "check_precision"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["resolve_device", "lightning_accelerator", "check_precision", "native_cpu_bf16"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def lightning_accelerator(execution: ExecutionConfig) -> tuple[str, list[int] | 
     return "cpu", 1
 
 
-def check_precision(device, precision: str) -> None:
+def check_precision(device: "torch.device", precision: str) -> None:
     """Refuse a precision the device cannot run and warn when it would only be slower.
 
     ``16-mixed`` needs CUDA. ``bf16-mixed`` runs on any CPU but is fast only where oneDNN has
