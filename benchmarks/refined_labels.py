@@ -86,7 +86,7 @@ def run_case(case: Any, epochs: int | None, settings: dict[str, Any], device: to
     from ptychodus_ptychopinn_torch.simulate import simulate_scan
     from ptychodus_ptychopinn_torch.workflows.engine import reconstruct_object, refine_reconstruction, train_model
 
-    execution = h.execution_config(device.type, settings.get("precision", "32-true"))
+    execution = h.execution_config(device.type, settings["precision"])
     sim = simulate_scan(**case.simulate_kwargs())
     scan = dataclasses.replace(scan_from_reconstruct_input(sim.reconstruct_input), object_guess=None)
     truth = np.asarray(sim.product.object_.get_layers_flattened(), dtype=np.complex64)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default=SETTINGS["scheduler"], help="TrainingConfig.scheduler")
     parser.add_argument("--lr-min-ratio", type=float, default=SETTINGS["lr_min_ratio"],
                         help="TrainingConfig.lr_min_ratio (WarmupCosine's floor)")
-    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default=SETTINGS["precision"],
+    parser.add_argument("--precision", choices=h.PRECISIONS, default=SETTINGS["precision"],
                         help=f"training and inference precision (default: {SETTINGS['precision']})")
     h.add_common_arguments(parser, NAME, quick_help="CI-sized: 128 positions, 2 epochs", precision=False)
     args = parser.parse_args(argv)
