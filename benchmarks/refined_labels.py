@@ -4,6 +4,10 @@
     python benchmarks/refined_labels.py --cases text-grass --epochs 10    # a subset, shorter
     python benchmarks/refined_labels.py --quick --no-doc --out /tmp/b      # CI-sized
 
+A run of some cases merges into the results already in ``<out>/refined-labels-<device>.json``
+when they were measured with the same settings and passes (each case keeps its run's date), so
+a long benchmark can be spread over several invocations; ``--fresh`` starts over.
+
 The gridsize-1 PINN's loss cannot identify a photograph-like object (docs/performance.md, "What
 limits the network"); the physics refinement, which sees every overlap at once, can. With
 ``supervised_labels="refined"`` the engine first refines a flat object against the scan (known
@@ -140,6 +144,26 @@ def run_transfer(source: Any, target: Any, device: torch.device, passes: int) ->
                                                 lik, truth_nll, passes=passes)}
 
 
+def merge(path: Path, doc: dict[str, Any], *, fresh: bool = False) -> dict[str, Any]:
+    """This run's cases and transfers added to those at ``path`` measured with the same settings,
+    passes and device (a case run again replaces its earlier entry); ``doc`` itself otherwise."""
+    if fresh or not path.exists():
+        return doc
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return doc
+    same = all(old.get(k) == doc[k] for k in ("benchmark", "settings", "passes"))
+    if not same or old.get("machine", {}).get("device") != doc["machine"].get("device"):
+        return doc
+    merged = {**doc, "cases": {**old.get("cases", {}), **doc["cases"]},
+              "transfers": {**old.get("transfers", {}), **doc["transfers"]}}
+    used = {e.get("run_date_utc") for e in [*merged["cases"].values(), *merged["transfers"].values()]}
+    runs = [r for r in old.get("runs", [old.get("machine", {})]) if r.get("date_utc") != doc["machine"]["date_utc"]]
+    merged["runs"] = [r for r in runs if r.get("date_utc") in used] + doc["runs"]
+    return merged
+
+
 def _ssim(metrics: dict[str, Any] | None) -> str:
     if not metrics:
         return "n/a"
@@ -159,7 +183,14 @@ def markdown(doc: dict[str, Any]) -> str:
                "PINN network alone (suite run)", "network alone, refined labels", "its excess NLL",
                f"+ {doc['passes']} passes"]
     st = {"scheduler": "ReduceLROnPlateau", "lr_min_ratio": 0.1, "precision": "32-true", **doc["settings"]}
-    text = (f"{h.machine_line(doc['machine'])}\n\nSupervised, `supervised_labels=\"refined\"`, gridsize 1, "
+    runs = doc.get("runs", [doc["machine"]])
+    dated = len(runs) > 1
+    if dated:
+        headers.insert(1, "run (UTC)")
+        for row, r in zip(rows, doc["cases"].values()):
+            row.insert(1, r.get("run_date_utc", "?"))
+    text = ("\n".join(f"- {h.machine_line(r)}" if dated else h.machine_line(r) for r in runs)
+            + "\n\nSupervised, `supervised_labels=\"refined\"`, gridsize 1, "
             f"`n_filters_scale` {st['n_filters_scale']}, `normalization` {st['normalization']}, batch "
             f"{st['batch_size']}, learning rate {st['learning_rate']:g}, scheduler {st['scheduler']}"
             + (f" (floor {st['lr_min_ratio']:g})" if st["scheduler"] == "WarmupCosine" else "")
@@ -190,13 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default=SETTINGS["scheduler"], help="TrainingConfig.scheduler")
     parser.add_argument("--lr-min-ratio", type=float, default=SETTINGS["lr_min_ratio"],
                         help="TrainingConfig.lr_min_ratio (WarmupCosine's floor)")
+    parser.add_argument("--n-filters-scale", type=int, default=SETTINGS["n_filters_scale"],
+                        help=f"ModelConfig.n_filters_scale, the network's width (default: {SETTINGS['n_filters_scale']})")
+    parser.add_argument("--fresh", action="store_true",
+                        help="do not merge into results measured earlier with the same settings")
     parser.add_argument("--precision", choices=h.PRECISIONS, default=SETTINGS["precision"],
                         help=f"training and inference precision (default: {SETTINGS['precision']})")
     h.add_common_arguments(parser, NAME, quick_help="CI-sized: 128 positions, 2 epochs", precision=False)
     args = parser.parse_args(argv)
     settings = {**SETTINGS, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                 "scheduler": args.scheduler, "lr_min_ratio": args.lr_min_ratio,
-                "precision": args.precision}
+                "precision": args.precision, "n_filters_scale": args.n_filters_scale}
+    if args.n_filters_scale < 1:
+        raise SystemExit(f"--n-filters-scale must be a positive integer, got {args.n_filters_scale}")
 
     h.quiet_third_party_logs()
     start = time.perf_counter()
@@ -214,13 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     epochs = args.epochs or (2 if args.quick else None)
     for i, name in enumerate(names):
         doc["cases"][name], run = run_case(cases[name], epochs, settings, device, passes)
+        doc["cases"][name]["run_date_utc"] = doc["machine"]["date_utc"]
         if args.transfer and i < 2:
             kept[name] = run
     if args.transfer and len(names) >= 2:
         doc["transfers"][f"{names[0]}-on-{names[1]}"] = {
             "train_case": names[0], "apply_case": names[1],
-            **run_transfer(kept[names[0]], kept[names[1]], device, passes)}
+            **run_transfer(kept[names[0]], kept[names[1]], device, passes),
+            "run_date_utc": doc["machine"]["date_utc"]}
     h.finish_info(doc["machine"], start)
+    doc["runs"] = [doc["machine"]]
+    suffix = "-quick" if args.quick else ""
+    doc = merge(args.out / f"{NAME}-{device.type}{suffix}.json", doc, fresh=args.fresh)
     h.publish(doc, args, NAME, device, markdown)
     return 0
 

@@ -214,6 +214,34 @@ def test_information_bound_quick(tmp_path):
             assert -1.0 <= g["stitched"][key] <= 1.0 and -1.0 <= g["stitched_phase_aligned"][key] <= 1.0
 
 
+def test_refined_labels_runs_merge_only_with_equal_settings(tmp_path):
+    """A subset run adds its cases to earlier results of the same settings (a case run again
+    replaces its entry, and a run no case comes from any more is dropped); other settings start over."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import refined_labels
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def doc(date, cases, settings=None):
+        machine = {"date_utc": date, "device": "cpu"}
+        return {"benchmark": "refined-labels", "settings": settings or {"n_filters_scale": 2}, "passes": 200,
+                "machine": machine, "runs": [machine], "transfers": {},
+                "cases": {c: {"run_date_utc": date, "score": f"{c}@{date}"} for c in cases}}
+
+    path = tmp_path / "refined-labels-cpu.json"
+    path.write_text(json.dumps(doc("A", ["a", "b"])))
+    merged = refined_labels.merge(path, doc("B", ["b", "c"]))
+    assert {c: e["score"] for c, e in merged["cases"].items()} == {"a": "a@A", "b": "b@B", "c": "c@B"}
+    assert [r["date_utc"] for r in merged["runs"]] == ["A", "B"]
+    path.write_text(json.dumps(merged))
+    again = refined_labels.merge(path, doc("C", ["a"]))
+    assert [r["date_utc"] for r in again["runs"]] == ["B", "C"] and again["cases"]["a"]["score"] == "a@C"
+    other = doc("D", ["a"], settings={"n_filters_scale": 1})
+    assert refined_labels.merge(path, other) is other
+    assert refined_labels.merge(path, doc("E", ["a"]), fresh=True)["runs"][0]["date_utc"] == "E"
+
+
 @pytest.mark.slow
 def test_refined_labels_quick(tmp_path):
     """The supervised-on-refined-labels benchmark runs end to end (CI size) and records what the
