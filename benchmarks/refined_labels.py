@@ -84,7 +84,7 @@ def pinn_reference(path: Path) -> dict[str, Any]:
 
 
 def run_case(case: Any, epochs: int | None, settings: dict[str, Any], device: torch.device, passes: int,
-             log=print) -> tuple[dict, Any]:
+             log=print, stitch_exponents: tuple[float, ...] = ()) -> tuple[dict, Any]:
     from ptychodus_ptychopinn_torch.config import InferenceConfig
     from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
     from ptychodus_ptychopinn_torch.simulate import simulate_scan
@@ -114,6 +114,13 @@ def run_case(case: Any, epochs: int | None, settings: dict[str, Any], device: to
     net = reconstruct_object(bundle, scan, InferenceConfig(model=bundle.model_config, refine_iterations=0), execution)
     record["network"] = realistic._entry("network alone", train_seconds + net.seconds, net.object, sim.product,
                                          lik, truth_nll)
+    record["network_by_stitch_exponent"] = {}
+    for e in stitch_exponents:  # the same network, its patches averaged with another weight
+        other = reconstruct_object(bundle, scan, InferenceConfig(model=bundle.model_config, refine_iterations=0,
+                                                                 stitch_weight_exponent=e), execution)
+        record["network_by_stitch_exponent"][f"{e:g}"] = realistic._entry(
+            f"network alone, stitch weight exponent {e:g}", train_seconds + other.seconds, other.object,
+            sim.product, lik, truth_nll)
     rec = refine_reconstruction(net, scan, InferenceConfig(model=bundle.model_config, refine_iterations=passes),
                                 execution)
     record["network_refined"] = realistic._entry(f"network + {passes} passes",
@@ -121,8 +128,9 @@ def run_case(case: Any, epochs: int | None, settings: dict[str, Any], device: to
                                                  rec.object, sim.product, lik, truth_nll, passes=passes)
     record["load_average_after"] = realistic._load()
     m = record["network"]["metrics"]
+    others = "".join(f", exponent {e}: {_ssim(r['metrics'])}" for e, r in record["network_by_stitch_exponent"].items())
     log(f"[{case.name}] labels {labels['seconds']:.1f} s + training {train_seconds - labels['seconds']:.0f} s "
-        f"({steps} steps): network alone {m['amplitude_ssim']:.3f}/{m['phase_ssim']:.3f}", flush=True)
+        f"({steps} steps): network alone {m['amplitude_ssim']:.3f}/{m['phase_ssim']:.3f}{others}", flush=True)
     return record, (sim, scan, bundle)
 
 
@@ -171,6 +179,7 @@ def _ssim(metrics: dict[str, Any] | None) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    extra = sorted({e for r in doc["cases"].values() for e in r.get("network_by_stitch_exponent", {})}, key=float)
     rows = []
     for name, r in doc["cases"].items():
         t, ref = r["training"], doc["pinn_reference"].get(name, {})
@@ -178,10 +187,11 @@ def markdown(doc: dict[str, Any]) -> str:
         rows.append([name, f"{t['epochs']} ({t['steps']})", round(t["label_seconds"], 1), round(t["seconds"], 1),
                      _ssim(r["flat"]["metrics"]), f"{_ssim(pinn)} ({ref.get('steps', '?')} steps)" if pinn else "n/a",
                      f"**{_ssim(r['network']['metrics'])}**", f"{r['network']['excess_nll']:.3g}",
+                     *[_ssim(r.get("network_by_stitch_exponent", {}).get(e, {}).get("metrics")) for e in extra],
                      _ssim(r["network_refined"]["metrics"])])
     headers = ["case", f"epochs (steps, batch {doc['settings']['batch_size']})", "labels s", "labels + training s", "flat object",
                "PINN network alone (suite run)", "network alone, refined labels", "its excess NLL",
-               f"+ {doc['passes']} passes"]
+               *[f"network alone, stitch exponent {e}" for e in extra], f"+ {doc['passes']} passes"]
     st = {"scheduler": "ReduceLROnPlateau", "lr_min_ratio": 0.1, "precision": "32-true", **doc["settings"]}
     runs = doc.get("runs", [doc["machine"]])
     dated = len(runs) > 1
@@ -225,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"ModelConfig.n_filters_scale, the network's width (default: {SETTINGS['n_filters_scale']})")
     parser.add_argument("--fresh", action="store_true",
                         help="do not merge into results measured earlier with the same settings")
+    parser.add_argument("--stitch-exponents", default="3",
+                        help="comma-separated stitch weight exponents at which the network alone is also "
+                             "scored (InferenceConfig.stitch_weight_exponent; the main column uses the default); "
+                             "empty for none (default: 3)")
     parser.add_argument("--precision", choices=h.PRECISIONS, default=SETTINGS["precision"],
                         help=f"training and inference precision (default: {SETTINGS['precision']})")
     h.add_common_arguments(parser, NAME, quick_help="CI-sized: 128 positions, 2 epochs", precision=False)
@@ -232,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = {**SETTINGS, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                 "scheduler": args.scheduler, "lr_min_ratio": args.lr_min_ratio,
                 "precision": args.precision, "n_filters_scale": args.n_filters_scale}
+    from ptychodus_ptychopinn_torch.config import InferenceConfig
+
+    try:
+        exponents = tuple(float(e) for e in args.stitch_exponents.split(",") if e.strip())
+        for e in exponents:
+            InferenceConfig(stitch_weight_exponent=e)
+    except ValueError as exc:
+        raise SystemExit(f"--stitch-exponents {args.stitch_exponents!r}: {exc}") from None
     if args.n_filters_scale < 1:
         raise SystemExit(f"--n-filters-scale must be a positive integer, got {args.n_filters_scale}")
 
@@ -250,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     kept = {}
     epochs = args.epochs or (2 if args.quick else None)
     for i, name in enumerate(names):
-        doc["cases"][name], run = run_case(cases[name], epochs, settings, device, passes)
+        doc["cases"][name], run = run_case(cases[name], epochs, settings, device, passes,
+                                           stitch_exponents=exponents)
         doc["cases"][name]["run_date_utc"] = doc["machine"]["date_utc"]
         if args.transfer and i < 2:
             kept[name] = run

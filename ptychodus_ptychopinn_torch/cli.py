@@ -427,7 +427,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     inference = InferenceConfig(model=model, model_path=model_path, test_data_file=Path(args.data),
                                 neighbor_count=bundle.training_config.neighbor_count,
                                 refine_iterations=args.refine_iterations,
-                                refine_probe=args.refine_probe)
+                                refine_probe=args.refine_probe,
+                                stitch_weight_exponent=args.stitch_weight_exponent)
     try:
         scan.validate(N=model.N, gridsize=model.gridsize, neighbor_count=inference.neighbor_count)
     except ValueError as exc:
@@ -840,6 +841,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--refine-probe", action="store_true",
                      help="also refine the probe during the refinement passes; OUT.npz then "
                           "holds it as 'probe'")
+    rec.add_argument("--stitch-weight-exponent", type=float,
+                     default=_inference_default("stitch_weight_exponent"), metavar="E",
+                     help="average overlapping patches with weight (|probe| / max |probe|)**E; 2 = "
+                          "probe intensity (default: "
+                          f"{_inference_default('stitch_weight_exponent'):g})")
     rec.set_defaults(func=_cmd_reconstruct)
 
     demo = sub.add_parser("demo", help="simulate a scan, train, reconstruct, score and plot")

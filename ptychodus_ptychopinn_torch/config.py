@@ -258,6 +258,9 @@ class InferenceConfig:
     ``refine_iterations`` and ``refine_probe`` are this package's own: after the network's
     patches are stitched, the object (and optionally the probe) is refined for that many passes
     under the Poisson likelihood of all patterns (see `refinement`); 0 = network only.
+    ``stitch_weight_exponent`` is too: overlapping patches are averaged with the weight
+    ``(|P| / max |P|) ** e``; 2 weighs by the probe intensity, larger values trust the well-lit
+    centre of each patch more than its dim edge, where a single pattern says little.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -272,6 +275,7 @@ class InferenceConfig:
     backend: str = "pytorch"
     refine_iterations: int = 200
     refine_probe: bool = False
+    stitch_weight_exponent: float = 2.0
 
     def __post_init__(self) -> None:
         c = "InferenceConfig"
@@ -283,6 +287,7 @@ class InferenceConfig:
                 or not 0 <= self.refine_iterations <= 100_000:
             _fail(c, "refine_iterations", self.refine_iterations, "an integer from 0 (network only) to 100000")
         _check_bool(c, "refine_probe", self.refine_probe)
+        _check_range(c, "stitch_weight_exponent", self.stitch_weight_exponent, 0.0, 16.0)
 
 
 @dataclass(frozen=True)

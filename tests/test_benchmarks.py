@@ -263,5 +263,7 @@ def test_refined_labels_quick(tmp_path):
         assert t["label_excess_nll"] < 0.5 * entry["flat"]["excess_nll"]
         for key in ("network", "network_refined"):
             assert -1.0 <= entry[key]["metrics"]["amplitude_ssim"] <= 1.0
+        # the same network scored with the other stitching weight (--stitch-exponents, default 3)
+        assert entry["network_by_stitch_exponent"]["3"]["metrics"] != entry["network"]["metrics"]
     transfer = doc["transfers"]["brick-gravel-on-text-grass"]
     assert transfer["train_case"] == "brick-gravel" and math.isfinite(transfer["network"]["excess_nll"])

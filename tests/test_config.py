@@ -50,6 +50,8 @@ def test_training_defaults_are_ptychopinns():
         (lambda: TrainingConfig(validation_fraction=0.9), r"validation_fraction=0.9"),
         (lambda: TrainingConfig(model={"N": 64}), r"TrainingConfig.model=.* a ModelConfig"),
         (lambda: InferenceConfig(n_groups=0), r"InferenceConfig.n_groups=0"),
+        (lambda: InferenceConfig(stitch_weight_exponent=-1.0),
+         r"InferenceConfig.stitch_weight_exponent=-1.0 is invalid; expected a number in \[0.0, 16.0\]"),
         # the checks TrainingConfig and InferenceConfig share name their own class
         (lambda: TrainingConfig(n_groups=1.5), r"TrainingConfig.n_groups=1.5 .* positive integer"),
         (lambda: TrainingConfig(n_subsample=0), r"TrainingConfig.n_subsample=0 .* positive integer"),

@@ -7,7 +7,7 @@ import torch
 from ptychodus_ptychopinn_torch.data.dataset import extract_patches
 from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
 from ptychodus_ptychopinn_torch.evaluation import evaluate_object
-from ptychodus_ptychopinn_torch.inference import PatchStitcher, stitch_patches
+from ptychodus_ptychopinn_torch.inference import PatchStitcher, stitch_patches, stitch_weight
 from ptychodus_ptychopinn_torch.simulate import simulate_scan
 
 
@@ -114,3 +114,22 @@ def test_stitch_patches_matches_the_stitcher(clean_sim):
     halves = stitch_patches([(patches[:50], positions[:50]), (patches[50:], positions[50:])],
                             scan.object_shape, torch.as_tensor(scan.probe))
     assert torch.allclose(whole, halves, atol=1e-5)
+
+
+def test_stitch_weight_is_a_power_of_the_relative_probe_amplitude():
+    """Two patches over one pixel: the stitched value is their average weighted by
+    (|P| / max |P|) ** e at the pixel each patch sees it with; e = 2 is the probe intensity."""
+    n = 4
+    probe = torch.zeros(n, n, dtype=torch.complex64)
+    probe[1, 1], probe[1, 2] = 2.0, 1.0j  # |P| = 2 (the maximum) and 1
+    assert torch.equal(stitch_weight(probe), torch.abs(probe) ** 2 / 4)
+    assert torch.allclose(stitch_weight(probe, 3.0)[1, 2], torch.tensor(0.125))
+    assert torch.equal(stitch_weight(probe, 0.0), torch.ones(n, n))
+    # patch A sees canvas pixel (1, 2) through probe pixel (1, 2), patch B (one column to the
+    # right) through probe pixel (1, 1)
+    patches = torch.stack([torch.full((n, n), 1.0 + 0j), torch.full((n, n), 5.0 + 0j)]).to(torch.complex64)
+    positions = torch.tensor([[1.5, 1.5], [2.5, 1.5]])  # centres (x, y): corners at (0, 0), (0, 1)
+    for e, w_a in ((2.0, 0.25), (3.0, 0.125), (0.0, 1.0)):
+        obj = stitch_patches([(patches, positions)], (n, n + 1), probe, weight_exponent=e)
+        expected = (w_a * 1.0 + 1.0 * 5.0) / (w_a + 1.0)
+        assert abs(complex(obj[1, 2]) - expected) < 1e-5, (e, complex(obj[1, 2]))

@@ -118,6 +118,10 @@ def test_reconstruct_and_demo_options():
     args = parser.parse_args(["reconstruct", "d", "--model", "m", "--out", "o.npz",
                               "--refine-iterations", "7", "--refine-probe"])
     assert (args.refine_iterations, args.refine_probe) == (7, True)
+    assert args.stitch_weight_exponent == InferenceConfig().stitch_weight_exponent
+    args = parser.parse_args(["reconstruct", "d", "--model", "m", "--out", "o.npz",
+                              "--stitch-weight-exponent", "3"])
+    assert args.stitch_weight_exponent == 3.0
     args = parser.parse_args(["demo"])
     assert (args.epochs, args.positions, args.gridsize, args.seed) == (
         cli.DEMO_EPOCHS, cli.DEMO_POSITIONS, 1, 0)
