@@ -627,6 +627,28 @@ def publish(doc: dict[str, Any], args: Any, name: str, device: torch.device,
     return out
 
 
+def read_results(path: Path, fresh: bool = False) -> dict[str, Any] | None:
+    """The results document at ``path`` to merge a new run into; None with ``fresh``, when there
+    is none, or when it cannot be read."""
+    if fresh or not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def merge_entries(old: dict[str, Any], doc: dict[str, Any], sections: tuple[str, ...],
+                  old_runs: list[dict[str, Any]], new_run: dict[str, Any]) -> tuple[dict[str, dict], list[dict]]:
+    """Each of ``sections`` as ``old``'s entries updated by ``doc``'s (an entry run again replaces
+    its earlier one), and the runs (machine records, matched by ``date_utc`` to each entry's
+    ``run_date_utc``) that some entry still comes from: ``old_runs`` then ``new_run``."""
+    merged = {s: {**old.get(s, {}), **doc[s]} for s in sections}
+    used = {e.get("run_date_utc") for s in sections for e in merged[s].values()}
+    runs = [r for r in old_runs if r.get("date_utc") != new_run.get("date_utc")] + [new_run]
+    return merged, [r for r in runs if r.get("date_utc") in used]
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub markdown table; floats get three significant figures."""
     def fmt(v: Any) -> str:

@@ -754,22 +754,12 @@ def _fmt_load(load: list[float] | None) -> str:
 # ----------------------------------------------------------------------------- main
 def _merge(path: Path, doc: dict[str, Any], fresh: bool) -> dict[str, Any]:
     """Add this run's cases to the results already at ``path`` (same device and kind)."""
-    if fresh or not path.exists():
+    old = h.read_results(path, fresh)
+    if old is None or old.get("schema") != SCHEMA or old.get("quick") != doc["quick"] \
+            or old.get("device") != doc["device"]:
         return doc
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return doc
-    if old.get("schema") != SCHEMA or old.get("quick") != doc["quick"] or old.get("device") != doc["device"]:
-        return doc
-    merged = dict(old)
-    merged["cases"] = {**old.get("cases", {}), **doc["cases"]}
-    merged["pretrained"] = {**old.get("pretrained", {}), **doc["pretrained"]}
-    runs = [r for r in old.get("runs", []) if r.get("date_utc") != doc["runs"][-1].get("date_utc")] + doc["runs"][-1:]
-    used = {e.get("run_date_utc") for e in [*merged["cases"].values(), *merged["pretrained"].values()]}
-    merged["runs"] = [r for r in runs if r.get("date_utc") in used]
-    merged["partial"] = doc["partial"]
-    return merged
+    sections, runs = h.merge_entries(old, doc, ("cases", "pretrained"), old.get("runs", []), doc["runs"][-1])
+    return {**old, **sections, "runs": runs, "partial": doc["partial"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,21 +155,13 @@ def run_transfer(source: Any, target: Any, device: torch.device, passes: int) ->
 def merge(path: Path, doc: dict[str, Any], *, fresh: bool = False) -> dict[str, Any]:
     """This run's cases and transfers added to those at ``path`` measured with the same settings,
     passes and device (a case run again replaces its earlier entry); ``doc`` itself otherwise."""
-    if fresh or not path.exists():
+    old = h.read_results(path, fresh)
+    if old is None or any(old.get(k) != doc[k] for k in ("benchmark", "settings", "passes")) \
+            or old.get("machine", {}).get("device") != doc["machine"].get("device"):
         return doc
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return doc
-    same = all(old.get(k) == doc[k] for k in ("benchmark", "settings", "passes"))
-    if not same or old.get("machine", {}).get("device") != doc["machine"].get("device"):
-        return doc
-    merged = {**doc, "cases": {**old.get("cases", {}), **doc["cases"]},
-              "transfers": {**old.get("transfers", {}), **doc["transfers"]}}
-    used = {e.get("run_date_utc") for e in [*merged["cases"].values(), *merged["transfers"].values()]}
-    runs = [r for r in old.get("runs", [old.get("machine", {})]) if r.get("date_utc") != doc["machine"]["date_utc"]]
-    merged["runs"] = [r for r in runs if r.get("date_utc") in used] + doc["runs"]
-    return merged
+    sections, runs = h.merge_entries(old, doc, ("cases", "transfers"), old.get("runs", [old.get("machine", {})]),
+                                     doc["machine"])
+    return {**doc, **sections, "runs": runs}
 
 
 def _ssim(metrics: dict[str, Any] | None) -> str:
