@@ -615,12 +615,17 @@ def update_markdown(path: Path, key: str, body: str) -> Path:
     return path
 
 
+def results_path(args: Any, name: str, device: torch.device) -> Path:
+    """``<out>/<name>-<device>[-quick].json``: where a benchmark's results live, so that a quick
+    run never overwrites the published file."""
+    return args.out / f"{name}-{device.type}{'-quick' if args.quick else ''}.json"
+
+
 def publish(doc: dict[str, Any], args: Any, name: str, device: torch.device,
             markdown: Callable[[dict[str, Any]], str]) -> Path:
     """Write ``<out>/<name>-<device>[-quick].json`` and, for a full run without ``--no-doc``,
     replace the ``name`` section of the doc with ``markdown(doc)``."""
-    suffix = "-quick" if args.quick else ""
-    out = write_json(args.out / f"{name}-{device.type}{suffix}.json", doc)
+    out = write_json(results_path(args, name, device), doc)
     print(f"wrote {out}")
     if not args.no_doc and not args.quick:
         update_markdown(args.doc, name, markdown(doc))

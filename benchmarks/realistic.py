@@ -788,8 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     ptychi_python = None if args.no_ptychi else args.ptychi_python
     info = h.machine_info(device)
     info["cases"] = chosen + chosen_transfers
-    suffix = "-quick" if args.quick else ""
-    json_path = args.out / f"realistic-{device.type}{suffix}.json"
+    json_path = h.results_path(args, "realistic", device)
     doc: dict[str, Any] = {
         "benchmark": "realistic", "schema": SCHEMA, "quick": args.quick, "device": device.type,
         "cases_file": str(args.cases_file), "runs": [info], "partial": True, "cases": {}, "pretrained": {},

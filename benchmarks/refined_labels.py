@@ -276,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "run_date_utc": doc["machine"]["date_utc"]}
     h.finish_info(doc["machine"], start)
     doc["runs"] = [doc["machine"]]
-    suffix = "-quick" if args.quick else ""
-    doc = merge(args.out / f"{NAME}-{device.type}{suffix}.json", doc, fresh=args.fresh)
+    doc = merge(h.results_path(args, NAME, device), doc, fresh=args.fresh)
     h.publish(doc, args, NAME, device, markdown)
     return 0
 

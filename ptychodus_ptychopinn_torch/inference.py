@@ -17,19 +17,7 @@ import torch
 
 from . import physics
 
-__all__ = ["PatchStitcher", "stitch_patches", "stitch_weight"]
-
-
-def stitch_weight(probe: torch.Tensor, exponent: float = 2.0) -> torch.Tensor:
-    """``(|P| / max |P|) ** exponent`` as float32: the per-pixel weight of every patch.
-
-    ``exponent = 2`` is the probe intensity. A single pattern determines the object best where
-    the probe is bright, so larger exponents sharpen the average towards each patch's centre
-    (measured in docs/performance.md, "Stitching weight").
-    """
-    intensity = torch.abs(torch.as_tensor(probe)).to(torch.float32) ** 2
-    weight = intensity / intensity.max().clamp_min(1e-30)
-    return weight if exponent == 2 else weight ** (0.5 * exponent)
+__all__ = ["PatchStitcher", "stitch_patches"]
 
 
 class PatchStitcher:
@@ -99,9 +87,9 @@ def stitch_patches(
 ) -> torch.Tensor:
     """Stitch an iterable of ``(patches (K, N, N), positions (K, 2))`` into an ``(H, W)`` object.
 
-    The weight is `stitch_weight` (by default the probe intensity normalised to a maximum of 1).
+    The weight is `physics.probe_weight` (by default the probe intensity normalised to a maximum of 1).
     """
-    weight = stitch_weight(probe, weight_exponent)
+    weight = physics.probe_weight(probe, weight_exponent)
     dev = device if device is not None else weight.device
     stitcher = PatchStitcher(shape, weight, device=dev)
     for i, (patches, positions) in enumerate(batches):

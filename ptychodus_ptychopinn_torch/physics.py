@@ -30,6 +30,7 @@ __all__ = [
     "hard_disk",
     "central_window",
     "normalize_probe",
+    "probe_weight",
     "merge_patches",
     "extract_patches",
     "diffract",
@@ -169,6 +170,19 @@ def normalize_probe(probe: torch.Tensor, probe_scale: float) -> tuple[torch.Tens
     if not factor > 0 or not math.isfinite(factor):
         raise ValueError("probe has no intensity inside the central disk; cannot normalise it")
     return probe / factor, factor
+
+
+def probe_weight(probe: torch.Tensor, exponent: float = 2.0) -> torch.Tensor:
+    """``(|P| / max |P|) ** exponent`` as float32: how much a pattern says about each object pixel.
+
+    ``exponent = 2`` is the relative probe intensity, the supervised loss's weight. Stitching
+    averages overlapping patches with it; there larger exponents sharpen the average towards
+    each patch's centre, where a single pattern determines the object best (measured in
+    docs/performance.md, "Stitching weight").
+    """
+    intensity = torch.abs(torch.as_tensor(probe)).to(torch.float32) ** 2
+    weight = intensity / intensity.max().clamp_min(1e-30)
+    return weight if exponent == 2 else weight ** (0.5 * exponent)
 
 
 def canvas_size(n: int, max_offset: float) -> int:

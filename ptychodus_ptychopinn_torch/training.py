@@ -70,8 +70,8 @@ class PtychoPINNModule(L.LightningModule):
             self.register_buffer("detector_mask", detector_mask.to(torch.float32))
         else:
             self.detector_mask = None
-        intensity = torch.abs(model.normalized_probe.detach()) ** 2
-        self.register_buffer("supervised_weight", intensity / intensity.max().clamp_min(1e-30), persistent=False)
+        self.register_buffer("supervised_weight", physics.probe_weight(model.normalized_probe.detach()),
+                             persistent=False)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = batch["amplitudes"]

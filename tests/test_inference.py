@@ -7,7 +7,8 @@ import torch
 from ptychodus_ptychopinn_torch.data.dataset import extract_patches
 from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
 from ptychodus_ptychopinn_torch.evaluation import evaluate_object
-from ptychodus_ptychopinn_torch.inference import PatchStitcher, stitch_patches, stitch_weight
+from ptychodus_ptychopinn_torch.inference import PatchStitcher, stitch_patches
+from ptychodus_ptychopinn_torch.physics import probe_weight
 from ptychodus_ptychopinn_torch.simulate import simulate_scan
 
 
@@ -122,9 +123,9 @@ def test_stitch_weight_is_a_power_of_the_relative_probe_amplitude():
     n = 4
     probe = torch.zeros(n, n, dtype=torch.complex64)
     probe[1, 1], probe[1, 2] = 2.0, 1.0j  # |P| = 2 (the maximum) and 1
-    assert torch.equal(stitch_weight(probe), torch.abs(probe) ** 2 / 4)
-    assert torch.allclose(stitch_weight(probe, 3.0)[1, 2], torch.tensor(0.125))
-    assert torch.equal(stitch_weight(probe, 0.0), torch.ones(n, n))
+    assert torch.equal(probe_weight(probe), torch.abs(probe) ** 2 / 4)
+    assert torch.allclose(probe_weight(probe, 3.0)[1, 2], torch.tensor(0.125))
+    assert torch.equal(probe_weight(probe, 0.0), torch.ones(n, n))
     # patch A sees canvas pixel (1, 2) through probe pixel (1, 2), patch B (one column to the
     # right) through probe pixel (1, 1)
     patches = torch.stack([torch.full((n, n), 1.0 + 0j), torch.full((n, n), 5.0 + 0j)]).to(torch.complex64)

@@ -27,7 +27,7 @@ from ..data.dataset import GroupedDataset, normalisation_factor, split_groups
 from ..data.grouping import group_positions
 from ..data.scan import ScanData
 from ..device import check_precision, lightning_accelerator, resolve_device
-from ..inference import PatchStitcher, stitch_weight
+from ..inference import PatchStitcher
 from ..model.pinn import PhysicsConstants, implied_object_amplitude
 from ..refinement import (
     RefinementCancelled,
@@ -383,7 +383,7 @@ def reconstruct_object(
     dataset = GroupedDataset(scan, groups, normalisation_factor(scan.amplitudes))
     default_batch = 1024 if devices[0].type == "cuda" else 64
     batch_size = execution.inference_batch_size or default_batch
-    weight = stitch_weight(torch.as_tensor(scan.probe, dtype=torch.complex64), inference.stitch_weight_exponent)
+    weight = physics.probe_weight(torch.as_tensor(scan.probe, dtype=torch.complex64), inference.stitch_weight_exponent)
     shards = np.array_split(np.arange(len(groups)), len(devices))
     predict_batches = sum(math.ceil(len(s) / batch_size) for s in shards)
     refine_batches = inference.refine_iterations * math.ceil(scan.num_positions / REFINE_BATCH_SIZE)
