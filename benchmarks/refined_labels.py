@@ -171,6 +171,8 @@ def _ssim(metrics: dict[str, Any] | None) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    st = {"scheduler": "ReduceLROnPlateau", "lr_min_ratio": 0.1, "precision": "32-true", "stitch_weight_exponent": 2.0,
+          **doc["settings"]}
     extra = sorted({e for r in doc["cases"].values() for e in r.get("network_by_stitch_exponent", {})}, key=float)
     rows = []
     for name, r in doc["cases"].items():
@@ -182,9 +184,9 @@ def markdown(doc: dict[str, Any]) -> str:
                      *[_ssim(r.get("network_by_stitch_exponent", {}).get(e, {}).get("metrics")) for e in extra],
                      _ssim(r["network_refined"]["metrics"])])
     headers = ["case", f"epochs (steps, batch {doc['settings']['batch_size']})", "labels s", "labels + training s", "flat object",
-               "PINN network alone (suite run)", "network alone, refined labels", "its excess NLL",
+               "PINN network alone (suite run)",
+               f"network alone, refined labels, stitch exponent {st['stitch_weight_exponent']:g}", "its excess NLL",
                *[f"network alone, stitch exponent {e}" for e in extra], f"+ {doc['passes']} passes"]
-    st = {"scheduler": "ReduceLROnPlateau", "lr_min_ratio": 0.1, "precision": "32-true", **doc["settings"]}
     runs = doc.get("runs", [doc["machine"]])
     dated = len(runs) > 1
     if dated:
@@ -227,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"ModelConfig.n_filters_scale, the network's width (default: {SETTINGS['n_filters_scale']})")
     parser.add_argument("--fresh", action="store_true",
                         help="do not merge into results measured earlier with the same settings")
-    parser.add_argument("--stitch-exponents", default="3",
+    parser.add_argument("--stitch-exponents", default="2",
                         help="comma-separated stitch weight exponents at which the network alone is also "
                              "scored (InferenceConfig.stitch_weight_exponent; the main column uses the default); "
-                             "empty for none (default: 3)")
+                             "empty for none (default: 2, the probe intensity)")
     parser.add_argument("--precision", choices=h.PRECISIONS, default=SETTINGS["precision"],
                         help=f"training and inference precision (default: {SETTINGS['precision']})")
     h.add_common_arguments(parser, NAME, quick_help="CI-sized: 128 positions, 2 epochs", precision=False)
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 "precision": args.precision, "n_filters_scale": args.n_filters_scale}
     from ptychodus_ptychopinn_torch.config import InferenceConfig
 
+    settings["stitch_weight_exponent"] = InferenceConfig().stitch_weight_exponent  # the main column's
     try:
         exponents = tuple(float(e) for e in args.stitch_exponents.split(",") if e.strip())
         for e in exponents:
