@@ -828,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     path = h.write_json(json_path, merged)
     print(f"wrote {path}")
     if not args.no_doc:
-        h.update_markdown(args.doc, f"realistic-{device.type}{suffix}", markdown(merged))
+        h.update_markdown(args.doc, json_path.stem, markdown(merged))
         print(f"updated {args.doc}")
     return 0
 
