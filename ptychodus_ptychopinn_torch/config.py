@@ -260,8 +260,8 @@ class InferenceConfig:
     under the Poisson likelihood of all patterns (see `refinement`); 0 = network only.
     ``stitch_weight_exponent`` is too: overlapping patches are averaged with the weight
     ``(|P| / max |P|) ** e``; 2 weighs by the probe intensity, larger values trust the well-lit
-    centre of each patch more than its dim edge, where a single pattern says little. The default
-    3 was measured best on the realistic suite (docs/performance.md, "Stitching weight").
+    centre of each patch more than its dim edge, where a single pattern says little: 3 sharpens
+    supervised networks but blurs the gridsize-2 PINN (docs/performance.md, "Stitching weight").
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -276,7 +276,7 @@ class InferenceConfig:
     backend: str = "pytorch"
     refine_iterations: int = 200
     refine_probe: bool = False
-    stitch_weight_exponent: float = 3.0
+    stitch_weight_exponent: float = 2.0
 
     def __post_init__(self) -> None:
         c = "InferenceConfig"

@@ -208,8 +208,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _s("Inference", "stitch_weight_exponent", _default(InferenceConfig, "stitch_weight_exponent"),
        "inference.stitch_weight_exponent", "Stitch Weight Exponent:",
        "Overlapping network patches are averaged with the probe amplitude (relative to its "
-       "maximum) to this power as weight: 2 = probe intensity; 3 trusts the bright centre of "
-       "each patch more (0 to 16)."),
+       "maximum) to this power as weight: 2 (the default) = probe intensity; 3 trusts the bright "
+       "centre of each patch more, sharper for supervised networks (0 to 16)."),
     # Execution
     _s("Execution", "device", "auto", "execution.accelerator", "Device:",
        "auto = CUDA when available, else CPU with a warning; cuda/gpu = require a GPU "
