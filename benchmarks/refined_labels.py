@@ -229,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"ModelConfig.n_filters_scale, the network's width (default: {SETTINGS['n_filters_scale']})")
     parser.add_argument("--fresh", action="store_true",
                         help="do not merge into results measured earlier with the same settings")
-    parser.add_argument("--stitch-exponents", default="3",
+    parser.add_argument("--stitch-exponents", default="2",
                         help="comma-separated stitch weight exponents at which the network alone is also "
-                             "scored (InferenceConfig.stitch_weight_exponent; the main column uses the default); "
-                             "empty for none (default: 3)")
+                             "scored (InferenceConfig.stitch_weight_exponent; the main column uses the automatic "
+                             "one, 3 for these supervised networks); empty for none (default: 2, the PINN's)")
     parser.add_argument("--precision", choices=h.PRECISIONS, default=SETTINGS["precision"],
                         help=f"training and inference precision (default: {SETTINGS['precision']})")
     h.add_common_arguments(parser, NAME, quick_help="CI-sized: 128 positions, 2 epochs", precision=False)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 "precision": args.precision, "n_filters_scale": args.n_filters_scale}
     from ptychodus_ptychopinn_torch.config import InferenceConfig
 
-    settings["stitch_weight_exponent"] = InferenceConfig().stitch_weight_exponent  # the main column's
+    settings["stitch_weight_exponent"] = InferenceConfig().stitch_exponent("supervised")  # the main column's
     try:
         exponents = tuple(float(e) for e in args.stitch_exponents.split(",") if e.strip())
         for e in exponents:

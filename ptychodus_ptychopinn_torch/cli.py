@@ -82,6 +82,12 @@ def _float_in(test, what: str):
 
 _positive_float = _float_in(lambda v: v > 0, "a positive number")
 _unit_fraction = _float_in(lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1")
+_stitch_exponent_number = _float_in(lambda v: 0.0 < v <= 16.0, "'auto' or a number in (0, 16]")
+
+
+def _stitch_exponent(text: str) -> float | None:
+    """``auto`` (None: by the model's type) or an exponent in (0, 16]."""
+    return None if text.strip().lower() == "auto" else _stitch_exponent_number(text)
 
 
 @contextlib.contextmanager
@@ -841,11 +847,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--refine-probe", action="store_true",
                      help="also refine the probe during the refinement passes; OUT.npz then "
                           "holds it as 'probe'")
-    rec.add_argument("--stitch-weight-exponent", type=float,
+    rec.add_argument("--stitch-weight-exponent", type=_stitch_exponent,
                      default=_inference_default("stitch_weight_exponent"), metavar="E",
                      help="average overlapping patches with weight (|probe| / max |probe|)**E; 2 = "
-                          "probe intensity (default: "
-                          f"{_inference_default('stitch_weight_exponent'):g})")
+                          "probe intensity, 3 sharper for supervised models; auto = 3 for "
+                          "supervised models, 2 for the PINN (default: auto)")
     rec.set_defaults(func=_cmd_reconstruct)
 
     demo = sub.add_parser("demo", help="simulate a scan, train, reconstruct, score and plot")

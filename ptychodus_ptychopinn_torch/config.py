@@ -41,6 +41,11 @@ CLIP_ALGORITHMS = ("norm", "value")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 BACKENDS = ("pytorch", "tensorflow")
+#: The stitching weight exponent of ``InferenceConfig.stitch_weight_exponent=None``, by model type:
+#: a network fitted to labels is accurate at each patch's bright centre (3 is sharper on every
+#: refined-labels case), while a PINN's patches are noisy everywhere and gain from wider averaging
+#: (3 blurs the gridsize-2 PINN); docs/performance.md, "Stitching weight".
+AUTO_STITCH_WEIGHT_EXPONENTS = {"pinn": 2.0, "supervised": 3.0}
 STRATEGIES = ("auto", "ddp", "ddp_spawn")
 
 
@@ -262,6 +267,7 @@ class InferenceConfig:
     ``(|P| / max |P|) ** e``; 2 weighs by the probe intensity, larger values trust the well-lit
     centre of each patch more than its dim edge, where a single pattern says little: 3 sharpens
     supervised networks but blurs the gridsize-2 PINN (docs/performance.md, "Stitching weight").
+    ``None`` (the default) picks by the trained model's type (`AUTO_STITCH_WEIGHT_EXPONENTS`).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -276,7 +282,7 @@ class InferenceConfig:
     backend: str = "pytorch"
     refine_iterations: int = 200
     refine_probe: bool = False
-    stitch_weight_exponent: float = 2.0
+    stitch_weight_exponent: float | None = None
 
     def __post_init__(self) -> None:
         c = "InferenceConfig"
@@ -288,7 +294,16 @@ class InferenceConfig:
                 or not 0 <= self.refine_iterations <= 100_000:
             _fail(c, "refine_iterations", self.refine_iterations, "an integer from 0 (network only) to 100000")
         _check_bool(c, "refine_probe", self.refine_probe)
-        _check_range(c, "stitch_weight_exponent", self.stitch_weight_exponent, 0.0, 16.0)
+        e = self.stitch_weight_exponent
+        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 < e <= 16.0):
+            _fail(c, "stitch_weight_exponent", e, "None (automatic: 3 for supervised models, 2 for the "
+                  "PINN) or a number in (0, 16]")
+
+    def stitch_exponent(self, model_type: str) -> float:
+        """The stitching weight exponent for a network of ``model_type`` (the trained model's)."""
+        if self.stitch_weight_exponent is not None:
+            return float(self.stitch_weight_exponent)
+        return AUTO_STITCH_WEIGHT_EXPONENTS[model_type]
 
 
 @dataclass(frozen=True)

@@ -268,9 +268,9 @@ def test_refined_labels_quick(tmp_path):
         assert t["label_excess_nll"] < 0.5 * entry["flat"]["excess_nll"]
         for key in ("network", "network_refined"):
             assert -1.0 <= entry[key]["metrics"]["amplitude_ssim"] <= 1.0
-        # the same network scored with the other stitching weight (--stitch-exponents, default 3)
-        assert entry["network_by_stitch_exponent"]["3"]["metrics"] != entry["network"]["metrics"]
-        # the main column is stitched with the default weight
-        assert doc["settings"]["stitch_weight_exponent"] == InferenceConfig().stitch_weight_exponent
+        # the same network scored with the PINN's stitching weight (--stitch-exponents, default 2)
+        assert entry["network_by_stitch_exponent"]["2"]["metrics"] != entry["network"]["metrics"]
+        # the main column is stitched with the automatic weight of a supervised model
+        assert doc["settings"]["stitch_weight_exponent"] == InferenceConfig().stitch_exponent("supervised") == 3.0
     transfer = doc["transfers"]["brick-gravel-on-text-grass"]
     assert transfer["train_case"] == "brick-gravel" and math.isfinite(transfer["network"]["excess_nll"])

@@ -51,7 +51,10 @@ def test_training_defaults_are_ptychopinns():
         (lambda: TrainingConfig(model={"N": 64}), r"TrainingConfig.model=.* a ModelConfig"),
         (lambda: InferenceConfig(n_groups=0), r"InferenceConfig.n_groups=0"),
         (lambda: InferenceConfig(stitch_weight_exponent=-1.0),
-         r"InferenceConfig.stitch_weight_exponent=-1.0 is invalid; expected a number in \[0.0, 16.0\]"),
+         r"InferenceConfig.stitch_weight_exponent=-1.0 is invalid; expected None \(automatic: 3 for "
+         r"supervised models, 2 for the PINN\) or a number in \(0, 16\]"),
+        (lambda: InferenceConfig(stitch_weight_exponent=0), r"stitch_weight_exponent=0 is invalid"),
+        (lambda: InferenceConfig(stitch_weight_exponent="3"), r"stitch_weight_exponent='3' is invalid"),
         # the checks TrainingConfig and InferenceConfig share name their own class
         (lambda: TrainingConfig(n_groups=1.5), r"TrainingConfig.n_groups=1.5 .* positive integer"),
         (lambda: TrainingConfig(n_subsample=0), r"TrainingConfig.n_subsample=0 .* positive integer"),
@@ -69,6 +72,16 @@ def test_training_defaults_are_ptychopinns():
 def test_bad_values_name_field_value_and_allowed(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_stitch_exponent_is_automatic_by_model_type_unless_given():
+    """None picks 3 for supervised models (sharper on every refined-labels case) and 2 for the
+    PINN (3 blurs the gridsize-2 PINN); docs/performance.md, "Stitching weight"."""
+    auto = InferenceConfig()
+    assert auto.stitch_weight_exponent is None
+    assert (auto.stitch_exponent("supervised"), auto.stitch_exponent("pinn")) == (3.0, 2.0)
+    assert InferenceConfig(stitch_weight_exponent=2.5).stitch_exponent("supervised") == 2.5
+    assert InferenceConfig(stitch_weight_exponent=4).stitch_exponent("pinn") == 4.0
 
 
 def test_configs_are_frozen():

@@ -221,3 +221,28 @@ def test_refined_labels_need_no_true_object_and_fit_the_data_better_than_flat(sc
 def test_stop_during_label_refinement_cancels_training(scan):
     with pytest.raises(TrainingCancelled):
         train_model(scan, _supervised(supervised_labels="refined"), CPU, should_stop=lambda: True)
+
+
+@pytest.mark.parametrize(("model_type", "automatic"), [("pinn", 2.0), ("supervised", 3.0)])
+def test_stitch_weight_exponent_is_chosen_by_the_trained_models_type(scan, model_type, automatic, caplog):
+    """The default (None) stitches as the explicit exponent of the bundle's model type does, not
+    by the type in the InferenceConfig's own (default) model."""
+    from ptychodus_ptychopinn_torch.checkpoint import ModelBundle, build_model
+    from ptychodus_ptychopinn_torch.data.grouping import group_positions
+
+    training = TrainingConfig(model=ModelConfig(N=64, n_filters_scale=1, model_type=model_type), nepochs=1)
+    constants = engine.derive_constants(scan, training, group_positions(scan.positions_px, gridsize=1))
+    torch.manual_seed(0)
+    bundle = ModelBundle(network=build_model(training, constants, scan.probe), training_config=training,
+                         constants=constants, probe=scan.probe)
+
+    def stitched(exponent):
+        inference = InferenceConfig(refine_iterations=0, stitch_weight_exponent=exponent)  # model: the default pinn
+        return reconstruct_object(bundle, scan, inference, CPU).object
+
+    with caplog.at_level(logging.INFO, logger=engine.logger.name):
+        auto = stitched(None)
+    assert f"** {automatic:g} (automatic for a {model_type} model)" in caplog.text
+    other = 5.0 - automatic
+    assert np.array_equal(auto, stitched(automatic))
+    assert not np.allclose(auto, stitched(other))

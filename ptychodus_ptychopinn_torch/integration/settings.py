@@ -205,11 +205,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
        "inference.refine_probe", "Refine Probe",
        "Also refine the probe during the refinement passes; the product then holds the "
        "refined probe."),
-    _s("Inference", "stitch_weight_exponent", _default(InferenceConfig, "stitch_weight_exponent"),
-       "inference.stitch_weight_exponent", "Stitch Weight Exponent:",
+    _s("Inference", "stitch_weight_exponent", 0.0, "inference.stitch_weight_exponent",
+       "Stitch Weight Exponent:",
        "Overlapping network patches are averaged with the probe amplitude (relative to its "
-       "maximum) to this power as weight: 2 (the default) = probe intensity; 3 trusts the bright "
-       "centre of each patch more, sharper for supervised networks (0 to 16)."),
+       "maximum) to this power as weight: 2 = probe intensity; 3 trusts the bright centre of "
+       "each patch more, sharper for supervised networks, blurrier for the gridsize-2 PINN; "
+       "0 = automatic (3 for supervised models, 2 for the PINN); at most 16.",
+       zero_means="automatic"),
     # Execution
     _s("Execution", "device", "auto", "execution.accelerator", "Device:",
        "auto = CUDA when available, else CPU with a warning; cuda/gpu = require a GPU "

@@ -383,7 +383,10 @@ def reconstruct_object(
     dataset = GroupedDataset(scan, groups, normalisation_factor(scan.amplitudes))
     default_batch = 1024 if devices[0].type == "cuda" else 64
     batch_size = execution.inference_batch_size or default_batch
-    weight = physics.probe_weight(torch.as_tensor(scan.probe, dtype=torch.complex64), inference.stitch_weight_exponent)
+    exponent = inference.stitch_exponent(model_cfg.model_type)
+    logger.info("stitching weight (|P| / max |P|) ** %g%s", exponent,
+                f" (automatic for a {model_cfg.model_type} model)" if inference.stitch_weight_exponent is None else "")
+    weight = physics.probe_weight(torch.as_tensor(scan.probe, dtype=torch.complex64), exponent)
     shards = np.array_split(np.arange(len(groups)), len(devices))
     predict_batches = sum(math.ceil(len(s) / batch_size) for s in shards)
     refine_batches = inference.refine_iterations * math.ceil(scan.num_positions / REFINE_BATCH_SIZE)

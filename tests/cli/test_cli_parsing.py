@@ -103,7 +103,7 @@ def test_warmup_cosine_options_without_that_scheduler_are_an_error(flags, wrong,
     assert wrong in err and "--scheduler WarmupCosine" in err and "no-such-data" not in err
 
 
-def test_reconstruct_and_demo_options():
+def test_reconstruct_and_demo_options(capsys):
     parser = cli.build_parser()
     args = parser.parse_args(["reconstruct", "d", "--model", "m.ckpt", "--out", "o.npz",
                               "--device", "cpu", "--batch-size", "32"])
@@ -122,6 +122,14 @@ def test_reconstruct_and_demo_options():
     args = parser.parse_args(["reconstruct", "d", "--model", "m", "--out", "o.npz",
                               "--stitch-weight-exponent", "3"])
     assert args.stitch_weight_exponent == 3.0
+    args = parser.parse_args(["reconstruct", "d", "--model", "m", "--out", "o.npz",
+                              "--stitch-weight-exponent", "AUTO"])
+    assert args.stitch_weight_exponent is None
+    for bad in ("0", "-2", "17", "sharp"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["reconstruct", "d", "--model", "m", "--out", "o.npz",
+                               "--stitch-weight-exponent", bad])
+    assert "'auto' or a number in (0, 16]" in capsys.readouterr().err
     args = parser.parse_args(["demo"])
     assert (args.epochs, args.positions, args.gridsize, args.seed) == (
         cli.DEMO_EPOCHS, cli.DEMO_POSITIONS, 1, 0)

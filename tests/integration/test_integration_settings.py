@@ -160,6 +160,18 @@ def test_refinement_settings_are_inference_fields_with_its_defaults():
     assert not specs["refine_iterations"].zero_means  # 0 passes means 0, not None
 
 
+def test_stitch_exponent_setting_zero_is_automatic(settings):
+    """The float setting cannot hold None: its 0 (the default) stands for automatic."""
+    configs = build_configs(settings, model_type="supervised", N=64)
+    assert configs.inference.stitch_weight_exponent is None
+    assert configs.inference.stitch_exponent(configs.model.model_type) == 3.0
+    settings.parameter("Inference", "stitch_weight_exponent").set_value(2.5)
+    assert build_configs(settings, model_type="supervised", N=64).inference.stitch_weight_exponent == 2.5
+    settings.parameter("Inference", "stitch_weight_exponent").set_value(-1.0)
+    with pytest.raises(SettingsError, match=r"\[PtychoPINNPyTorchInference\] stitch_weight_exponent"):
+        build_configs(settings, model_type="pinn", N=64)
+
+
 def test_choice_errors_list_the_allowed_values(settings):
     settings.parameter("Model", "border_activation").set_value("tanh")
     with pytest.raises(SettingsError) as info:
