@@ -15,7 +15,9 @@ Per batch of positions: the exit waves' Fourier amplitudes are replaced by the m
 ``beta * sum_j conj(P_j) dpsi_j / ((1 - alpha) sum_j |P_j|^2 + alpha max sum_j |P_j|^2)``: a
 gradient step of the amplitude (variance-stabilised Poisson) likelihood, preconditioned by the
 illumination so bright and dim pixels converge at the same rate. Optionally the probe gets the
-symmetric update. Memory is the canvas plus one batch (plus, with a fixed probe, every position's
+symmetric update. Over the last ``anneal_fraction`` of the sets the step shrinks linearly to
+``final_step`` of itself: at a fixed step each set's update leaves the object off the optimum by
+that set's photon noise, and the shrinking steps average it out (`step_scale`). Memory is the canvas plus one batch (plus, with a fixed probe, every position's
 shifted probe and counts when they fit `POSITION_CACHE_BYTES`); everything runs on one device.
 
 Why not plain Adam on the pixels: measured (shared/docs/findings.md, item 12), Adam at a fixed
@@ -50,6 +52,7 @@ __all__ = [
     "POSITION_CACHE_BYTES",
     "fit_global_scale",
     "refine_object",
+    "step_scale",
     "flat_object",
     "negative_log_likelihood",
 ]
@@ -72,6 +75,8 @@ class RefinementOptions:
     refine_probe: also update the probe (starting from the product's probe).
     probe_start:  first pass at which the probe is updated (the object settles first).
     divergence_patience: stop after the pass loss rose this many passes in a row.
+    anneal_fraction: the last fraction of all sets over which the step shrinks (0 = fixed step).
+    final_step:   the step at the very end, relative to ``step``.
     seed:         order of positions in each pass.
     noise_model:  ``poisson`` (half the Poisson-NLL gradient of the exit wave; measured best at
                   10^3 and 10^5 photons) or ``amplitude`` (replace the modulus by sqrt(counts),
@@ -87,6 +92,8 @@ class RefinementOptions:
     divergence_patience: int = 4
     seed: int = 0
     noise_model: str = "poisson"
+    anneal_fraction: float = 0.15
+    final_step: float = 0.25
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
@@ -99,6 +106,10 @@ class RefinementOptions:
             raise ValueError(f"refinement alpha={self.alpha!r} is invalid; expected a number in [0, 1]")
         if self.divergence_patience < 1:
             raise ValueError("refinement divergence_patience must be >= 1")
+        if not 0.0 <= float(self.anneal_fraction) <= 1.0:
+            raise ValueError(f"refinement anneal_fraction={self.anneal_fraction!r} is invalid; expected a number in [0, 1]")
+        if not 0.0 < float(self.final_step) <= 1.0:
+            raise ValueError(f"refinement final_step={self.final_step!r} is invalid; expected a number in (0, 1]")
         if self.noise_model not in ("poisson", "amplitude"):
             raise ValueError(f"refinement noise_model={self.noise_model!r} is invalid; expected 'poisson' or 'amplitude'")
 
@@ -372,6 +383,15 @@ def fit_global_scale(canvas: torch.Tensor, spectrum: torch.Tensor, data: ScanTen
     return math.sqrt(measured / predicted)
 
 
+def step_scale(progress: float, anneal_fraction: float, final_step: float) -> float:
+    """The step's factor after ``progress`` (sets done / all sets, in [0, 1)): 1 until the last
+    ``anneal_fraction``, then falling linearly towards ``final_step`` at the end."""
+    start = 1.0 - anneal_fraction
+    if anneal_fraction <= 0.0 or progress < start:
+        return 1.0
+    return 1.0 - (1.0 - final_step) * (progress - start) / anneal_fraction
+
+
 def _object_step(canvas: torch.Tensor, num_buf: torch.Tensor, den_buf: torch.Tensor, flat: torch.Tensor,
                  numerator: torch.Tensor, weight: torch.Tensor, alpha: float, beta: float, sparse: bool) -> None:
     """``canvas += beta * sum(numerator) / ((1 - alpha) sum(weight) + alpha max sum(weight))``, in
@@ -483,17 +503,18 @@ def refine_object(
                 if batch.good is not None:
                     ratio = torch.where(batch.good, ratio, torch.ones_like(ratio))
                 dpsi = torch.fft.ifft2(field_ * (ratio - 1.0), norm="ortho")
+                step = beta * step_scale(done / total_batches, options.anneal_fraction, options.final_step)
                 # object: illumination-preconditioned step, summed over the set
                 _object_step(canvas, num_buf, den_buf, batch.flat.reshape(-1),
                              (torch.conj(batch.probes) * dpsi).reshape(-1),
-                             batch.probe_intensity.reshape(-1), alpha, beta, sparse)
+                             batch.probe_intensity.reshape(-1), alpha, step, sparse)
                 if update_probe:
                     # probe: the symmetric step, with each object patch moved back by -d_j
                     back = torch.conj(batch.ramp)
                     pnum = torch.fft.ifft2(torch.fft.fft2(torch.conj(patches) * dpsi) * back).sum(0)
                     pden = (torch.abs(patches) ** 2).sum(0)
                     pden = (1.0 - alpha) * pden + alpha * pden.max()
-                    probe_t = probe_t + beta * pnum / pden.clamp_min(1e-20)
+                    probe_t = probe_t + step * pnum / pden.clamp_min(1e-20)
                     spectrum = torch.fft.fft2(probe_t)
                 done += 1
                 if on_batch is not None:

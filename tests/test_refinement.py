@@ -21,6 +21,7 @@ from ptychodus_ptychopinn_torch.refinement import (
     flat_object,
     negative_log_likelihood,
     refine_object,
+    step_scale,
 )
 from ptychodus_ptychopinn_torch.simulate import simulate_scan
 
@@ -152,8 +153,29 @@ def test_stop_request_cancels(clean):
         refine_object(None, scan.probe, data, RefinementOptions(iterations=5, batch_size=16), should_stop=stop)
 
 
+def test_step_scale_is_one_then_falls_linearly_to_the_final_step():
+    assert [step_scale(p, 0.2, 0.25) for p in (0.0, 0.5, 0.8)] == [1.0, 1.0, 1.0]
+    assert step_scale(0.9, 0.2, 0.25) == pytest.approx(0.625)
+    assert step_scale(1.0, 0.2, 0.25) == pytest.approx(0.25)
+    assert step_scale(0.99, 0.0, 0.25) == 1.0  # no annealing: the fixed step
+
+
+def test_annealing_changes_only_the_last_passes(clean):
+    """The step shrinks only over the last ``anneal_fraction`` of the sets: until then the passes
+    are the fixed-step passes exactly (its effect on realistic scans is measured in
+    docs/performance.md, "Refinement step annealing")."""
+    _, scan, data, _ = clean
+    fixed, annealed = (refine_object(None, scan.probe, data, RefinementOptions(iterations=10, anneal_fraction=f))
+                       for f in (0.0, 0.3))
+    # 100 positions = 2 sets per pass; the shrinking starts with pass 8's second set, and a
+    # pass's loss is taken before each set's update, so it first shows in pass 9's loss
+    assert fixed.losses[:8] == annealed.losses[:8]
+    assert all(a != b for a, b in zip(fixed.losses[8:], annealed.losses[8:]))
+    assert not np.array_equal(fixed.object, annealed.object)
+
+
 @pytest.mark.parametrize("bad", [{"iterations": -1}, {"batch_size": 0}, {"step": 0.0}, {"alpha": 1.5},
-                                 {"noise_model": "gauss"}])
+                                 {"noise_model": "gauss"}, {"anneal_fraction": 1.5}, {"final_step": 0.0}])
 def test_bad_options_are_rejected(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         RefinementOptions(**bad)
