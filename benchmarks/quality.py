@@ -2,9 +2,11 @@
 
     python benchmarks/quality.py [--device cpu|cuda] [--update-baseline]
 
-Writes benchmarks/results/quality-<device>.json and the quality table of docs/performance.md;
-with --update-baseline also records the measured values in the baseline fixture (thresholds
-are edited by hand, a margin below the measured values).
+Writes benchmarks/results/quality-<device>.json and the table between the ``quality-table``
+markers of docs/performance.md (the hand-written quality section above them is left alone); a
+run of some cases (``--cases``) keeps the other cases' last results, each row with its run's
+date. With --update-baseline also records the measured values in the baseline fixture
+(thresholds are edited by hand, a margin below the measured values).
 """
 
 from __future__ import annotations
@@ -25,16 +27,22 @@ from ptychodus_ptychopinn_torch.quality import QualityCase, run_quality_case
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "tests" / "fixtures" / "quality_baseline.json"
 DOC = ROOT / "docs" / "performance.md"
-START, END = "<!-- quality:start -->", "<!-- quality:end -->"
+START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
 COLUMNS = ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "frc_1_7_px",
            "flat_amplitude_ssim", "train_seconds", "inference_seconds")
 
 
+def merge_results(old: dict, new: dict, order: list[str]) -> dict:
+    """``new``'s cases with ``old``'s for the cases this run did not measure, in ``order``."""
+    return {name: new.get(name, old.get(name)) for name in order if name in new or name in old}
+
+
 def _table(results: dict, device: str) -> str:
-    lines = [f"Device: {device}; {time.strftime('%Y-%m-%d')}; torch {torch.__version__}; "
-             f"ptychodus-ptychopinn-torch {__version__}; {platform.processor() or platform.machine()}",
-             "", "| case | settings | " + " | ".join(COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [f"Device: {device}; torch {torch.__version__}; ptychodus-ptychopinn-torch {__version__}; "
+             f"{platform.processor() or platform.machine()} (`python benchmarks/quality.py`; JSON: "
+             f"`benchmarks/results/quality-{device}.json`)",
+             "", "| case | run | settings | " + " | ".join(COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(COLUMNS)]
     for name, entry in results.items():
         s = entry["settings"]
         desc = (f"gridsize {s['gridsize']}, {s['num_positions']} positions, N={s['N']}, "
@@ -44,7 +52,9 @@ def _table(results: dict, device: str) -> str:
         for c in COLUMNS:
             v = entry["metrics"].get(c)
             cells.append("n/a" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}")
-        lines.append(f"| {name} | {desc} | " + " | ".join(cells) + " |")
+        if s.get("refine_iterations"):
+            desc += f", {s['refine_iterations']} refinement passes"
+        lines.append(f"| {name} | {entry.get('date_utc', '?')} | {desc} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -62,21 +72,25 @@ def main() -> None:
         if args.cases and name not in args.cases:
             continue
         metrics = json_safe_metrics(run_quality_case(QualityCase.from_dict(entry["settings"]), execution))
-        results[name] = {"settings": entry["settings"], "metrics": metrics}
+        results[name] = {"settings": entry["settings"], "metrics": metrics,
+                         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         print(name, json.dumps({k: metrics.get(k) for k in COLUMNS}), flush=True)
         if args.update_baseline:
             entry["measured"] = {k: metrics.get(k) for k in COLUMNS}
     out = ROOT / "benchmarks" / "results" / f"quality-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.cases and out.exists():
+        results = merge_results(json.loads(out.read_text()), results, list(baseline["cases"]))
     out.write_text(json.dumps(results, indent=1))
     if args.update_baseline:
         BASELINE.write_text(json.dumps(baseline, indent=1) + "\n")
-    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{START}\n{END}\n"
+    text = DOC.read_text() if DOC.exists() else ""
     if START in text and END in text:
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
-        text = f"{head}{START}\n{_table(results, args.device)}\n{END}{tail}"
-        DOC.write_text(text)
+        DOC.write_text(f"{head}{START}\n{_table(results, args.device)}\n{END}{tail}")
+    else:
+        print(f"{DOC} has no {START} ... {END} section; the table was not written")
     print(f"wrote {out}")
 
 

@@ -274,3 +274,16 @@ def test_refined_labels_quick(tmp_path):
         assert doc["settings"]["stitch_weight_exponent"] == InferenceConfig().stitch_exponent("supervised") == 3.0
     transfer = doc["transfers"]["brick-gravel-on-text-grass"]
     assert transfer["train_case"] == "brick-gravel" and math.isfinite(transfer["network"]["excess_nll"])
+
+
+def test_quality_subset_run_keeps_the_other_cases_last_results():
+    """`benchmarks/quality.py --cases X` replaces X's row and keeps the others, in the fixture's order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality_benchmark", BENCHMARKS / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    old = {"gridsize1": {"m": 1}, "photo": {"m": 2}}
+    merged = quality.merge_results(old, {"photo": {"m": 3}}, ["gridsize1", "gridsize2", "photo"])
+    assert merged == {"gridsize1": {"m": 1}, "photo": {"m": 3}}
+    assert list(quality.merge_results({}, {"photo": 1, "gridsize1": 2}, ["gridsize1", "photo"])) == ["gridsize1", "photo"]
