@@ -3,7 +3,8 @@
     python benchmarks/quality.py [--device cpu|cuda] [--update-baseline]
 
 Writes benchmarks/results/quality-<device>.json and the table between the ``quality-table``
-markers of docs/performance.md (the hand-written quality section above them is left alone); a
+markers of docs/performance.md (`harness.update_markdown`; the hand-written quality section
+above them is left alone); a
 run of some cases (``--cases``) keeps the other cases' last results, each row with its run's
 date. With --update-baseline also records the measured values in the baseline fixture
 (thresholds are edited by hand, a margin below the measured values).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -24,10 +26,11 @@ from ptychodus_ptychopinn_torch.config import ExecutionConfig
 from ptychodus_ptychopinn_torch.evaluation import json_safe_metrics
 from ptychodus_ptychopinn_torch.quality import QualityCase, run_quality_case
 
-ROOT = Path(__file__).resolve().parents[1]
-BASELINE = ROOT / "tests" / "fixtures" / "quality_baseline.json"
-DOC = ROOT / "docs" / "performance.md"
-START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # noqa: E402
+
+BASELINE = h.REPO / "tests" / "fixtures" / "quality_baseline.json"
+SECTION = "quality-table"
 COLUMNS = ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "frc_1_7_px",
            "flat_amplitude_ssim", "train_seconds", "inference_seconds")
 
@@ -77,21 +80,15 @@ def main() -> None:
         print(name, json.dumps({k: metrics.get(k) for k in COLUMNS}), flush=True)
         if args.update_baseline:
             entry["measured"] = {k: metrics.get(k) for k in COLUMNS}
-    out = ROOT / "benchmarks" / "results" / f"quality-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.cases and out.exists():
-        results = merge_results(json.loads(out.read_text()), results, list(baseline["cases"]))
-    out.write_text(json.dumps(results, indent=1))
+    out = h.RESULTS_DIR / f"quality-{args.device}.json"
+    old = h.read_results(out, fresh=not args.cases)
+    if old is not None:
+        results = merge_results(old, results, list(baseline["cases"]))
+    h.write_json(out, results)
     if args.update_baseline:
         BASELINE.write_text(json.dumps(baseline, indent=1) + "\n")
-    text = DOC.read_text() if DOC.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        DOC.write_text(f"{head}{START}\n{_table(results, args.device)}\n{END}{tail}")
-    else:
-        print(f"{DOC} has no {START} ... {END} section; the table was not written")
-    print(f"wrote {out}")
+    h.update_markdown(h.DOC, SECTION, _table(results, args.device))
+    print(f"wrote {out} and the {SECTION} section of {h.DOC}")
 
 
 if __name__ == "__main__":
