@@ -729,6 +729,12 @@ def _config_default(config_name: str, field_name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == field_name)
 
 
+def _auto_stitch_rule() -> str:
+    from .config import AUTO_STITCH_WEIGHT_RULE
+
+    return AUTO_STITCH_WEIGHT_RULE
+
+
 def _inference_default(field_name: str) -> Any:
     """InferenceConfig's default of ``field_name``."""
     return _config_default("InferenceConfig", field_name)
@@ -850,8 +856,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--stitch-weight-exponent", type=_stitch_exponent,
                      default=_inference_default("stitch_weight_exponent"), metavar="E",
                      help="average overlapping patches with weight (|probe| / max |probe|)**E; 2 = "
-                          "probe intensity, 3 sharper for supervised models; auto = 3 for "
-                          "supervised models, 2 for the PINN (default: auto)")
+                          f"probe intensity, 3 sharper for supervised models; auto = {_auto_stitch_rule()} "
+                          "(default: auto)")
     rec.set_defaults(func=_cmd_reconstruct)
 
     demo = sub.add_parser("demo", help="simulate a scan, train, reconstruct, score and plot")

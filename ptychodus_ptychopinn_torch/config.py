@@ -46,6 +46,9 @@ BACKENDS = ("pytorch", "tensorflow")
 #: refined-labels case), while a PINN's patches are noisy everywhere and gain from wider averaging
 #: (3 blurs the gridsize-2 PINN); docs/performance.md, "Stitching weight".
 AUTO_STITCH_WEIGHT_EXPONENTS = {"pinn": 2.0, "supervised": 3.0}
+#: That rule in words, for error messages, the setting's help and the CLI's.
+AUTO_STITCH_WEIGHT_RULE = (f"{AUTO_STITCH_WEIGHT_EXPONENTS['supervised']:g} for supervised models, "
+                           f"{AUTO_STITCH_WEIGHT_EXPONENTS['pinn']:g} for the PINN")
 STRATEGIES = ("auto", "ddp", "ddp_spawn")
 
 
@@ -296,8 +299,7 @@ class InferenceConfig:
         _check_bool(c, "refine_probe", self.refine_probe)
         e = self.stitch_weight_exponent
         if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 < e <= 16.0):
-            _fail(c, "stitch_weight_exponent", e, "None (automatic: 3 for supervised models, 2 for the "
-                  "PINN) or a number in (0, 16]")
+            _fail(c, "stitch_weight_exponent", e, f"None (automatic: {AUTO_STITCH_WEIGHT_RULE}) or a number in (0, 16]")
 
     def stitch_exponent(self, model_type: str) -> float:
         """The stitching weight exponent for a network of ``model_type`` (the trained model's)."""

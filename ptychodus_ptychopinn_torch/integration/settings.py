@@ -23,6 +23,7 @@ from ptychodus.api.settings import SettingsRegistry
 
 from ..config import (
     ACCELERATORS,
+    AUTO_STITCH_WEIGHT_RULE,
     AMP_ACTIVATIONS,
     BORDER_ACTIVATIONS,
     LOSS_MODES,
@@ -210,7 +211,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
        "Overlapping network patches are averaged with the probe amplitude (relative to its "
        "maximum) to this power as weight: 2 = probe intensity; 3 trusts the bright centre of "
        "each patch more, sharper for supervised networks, blurrier for the gridsize-2 PINN; "
-       "0 = automatic (3 for supervised models, 2 for the PINN); at most 16.",
+       f"0 = automatic ({AUTO_STITCH_WEIGHT_RULE}); at most 16.",
        zero_means="automatic"),
     # Execution
     _s("Execution", "device", "auto", "execution.accelerator", "Device:",
