@@ -368,14 +368,17 @@ def _replace(training: TrainingConfig, **changes: Any) -> TrainingConfig:
 
 # ----------------------------------------------------------------------------- inference
 def time_inference(bundle: ModelBundle, scan: ScanData, execution: ExecutionConfig) -> dict[str, Any]:
-    """Scan positions/s of `reconstruct_object` (grouping, loading, network, stitching).
+    """Scan positions/s of `reconstruct_object` (grouping, loading, network, stitching), with the
+    physics refinement off (``refine_iterations=0``): the refinement's own speed is a number of
+    passes, measured by the realistic benchmarks, not a rate of the network path.
 
     Also splits the time, from per-batch timestamps, into ``median_batch_seconds`` and
     ``setup_seconds`` (everything before the batch loop: validation, grouping, normalisation,
     dataset), which stay meaningful when other load on the machine inflates the total.
     """
     device = torch_device(execution.accelerator)
-    inference = InferenceConfig(model=bundle.model_config, neighbor_count=max(4, bundle.model_config.channels))
+    inference = InferenceConfig(model=bundle.model_config, neighbor_count=max(4, bundle.model_config.channels),
+                                refine_iterations=0)
     stamps: list[float] = []
 
     def on_batch(done: int, total: int) -> None:

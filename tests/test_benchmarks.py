@@ -287,3 +287,50 @@ def test_quality_subset_run_keeps_the_other_cases_last_results():
     merged = quality.merge_results(old, {"photo": {"m": 3}}, ["gridsize1", "gridsize2", "photo"])
     assert merged == {"gridsize1": {"m": 1}, "photo": {"m": 3}}
     assert list(quality.merge_results({}, {"photo": 1, "gridsize1": 2}, ["gridsize1", "photo"])) == ["gridsize1", "photo"]
+
+
+def test_time_inference_times_the_network_path_only():
+    """The inference rate is the network path's: no refinement batches among the timed ones."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import harness
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    scan = harness.synthetic_scan(16, 64, seed=0)
+    bundle = harness.untrained_bundle(scan, harness.training_config(64, 1, n_filters_scale=1))
+    result = harness.time_inference(bundle, scan, harness.execution_config("cpu", inference_batch_size=8))
+    assert result["batches"] == 2  # 16 positions in batches of 8; 200 refinement passes would add 200
+
+
+@pytest.mark.slow
+def test_device_realistic_export_run_score(tmp_path):
+    """The three steps of the device benchmark chain on CPU, CI-sized: scans exported with the
+    true object, a run without Ptychodus (self-fit and a capacity fit), objects scored here."""
+    script = [sys.executable, str(BENCHMARKS / "device_realistic.py")]
+    scans, objects = tmp_path / "scans", tmp_path / "objects"
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([*script, *args], capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    run("export", "--quick", "--cases", "brick-gravel", "--scans", str(scans))
+    run("run", "--quick", "--cases", "brick-gravel", "--scans", str(scans), "--device", "cpu", "--out",
+        str(objects), "--no-ptychi", "--capacity-seconds", "0.1")
+    with np.load(objects / "device-objects-brick-gravel.npz") as data:
+        assert set(data.files) == {"network", "refined", "capacity", "capacity-e2"}
+    run("score", "--scans", str(scans), "--objects", str(objects), "--results", str(tmp_path),
+        "--doc", str(tmp_path / "performance.md"))
+    doc = json.loads((tmp_path / "device-realistic-cpu-quick.json").read_text())
+    case = doc["cases"]["brick-gravel"]
+    assert case["capacity"]["epochs"] == 6 and case["refine_passes"] == 5
+    for entry in case["scores"].values():
+        assert math.isfinite(entry["metrics"]["amplitude_ssim"]) and math.isfinite(entry["excess_nll"])
+    # refinement lowers the network object's NLL, on this path as in the suite
+    assert case["scores"]["refined"]["excess_nll"] < case["scores"]["network"]["excess_nll"]
+    assert "| brick-gravel |" in (tmp_path / "performance.md").read_text()
+    # a scan exported with other settings is refused, not silently reconstructed
+    proc = subprocess.run([*script, "run", "--cases", "brick-gravel", "--scans", str(scans), "--device", "cpu",
+                           "--out", str(tmp_path / "other"), "--no-ptychi"], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode != 0 and "same --quick" in proc.stderr
