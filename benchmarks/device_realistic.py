@@ -1,6 +1,6 @@
 """Realistic cases on a machine without Ptychodus (a lent GPU): export here, run there, score here.
 
-    python benchmarks/device_realistic.py export --out .device/scans            # here (needs Ptychodus)
+    python benchmarks/device_realistic.py export --scans .device/scans          # here (needs Ptychodus)
     python benchmarks/device_realistic.py run --scans .device/scans --device cuda --out $OUT   # there
     python benchmarks/device_realistic.py score --scans .device/scans --objects DIR            # here
 
@@ -12,9 +12,10 @@ split in three, each step on the machine that can do it:
   seed as the suite) and writes each scan as pty-chi's driver input NPZ plus the true object.
 * ``run`` (engine + torch only; pty-chi through ``benchmarks/ptychi_driver.py`` when it imports)
   does, per case: the suite's self-fit (gridsize-1 PINN with the case's settings, network alone,
-  then 200 refinement passes), timed as a whole; pty-chi LSQML on the same device until the same
-  wall time, with a snapshot at 100 epochs; and, for the first case, the capacity fit (supervised on
-  the true object, `refined_labels.SETTINGS`) for as many epochs as fit ``--capacity-seconds``.
+  then the case's ``match_passes`` refinement passes), timed as a whole; pty-chi LSQML on the same
+  device until the same wall time, with a snapshot at 100 epochs; and last, for the first case, the
+  capacity fit (supervised on the true object, `refined_labels.SETTINGS`) for as many epochs as fit
+  ``--capacity-seconds`` (timed from epochs 2-6 of a short probe run).
   It writes the objects and timings (``device-objects-<case>.npz``, ``device-realistic-run.json``).
 * ``score`` re-simulates each case here (deterministic), scores every object with
   `evaluation.evaluate_object` and its excess NLL, and writes
@@ -77,10 +78,6 @@ def load_scan(path: Path, *, with_truth: bool = False) -> Any:
                     propagator_scale=None if math.isnan(scale) else scale)
 
 
-def _sync(device: torch.device) -> None:
-    h.sync(device)
-
-
 def self_fit(case: Any, scan: Any, device: torch.device, log=print) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The suite's self-fit on ``device``: train (case settings), network alone, + match passes."""
     from ptychodus_ptychopinn_torch.config import InferenceConfig
@@ -89,10 +86,10 @@ def self_fit(case: Any, scan: Any, device: torch.device, log=print) -> tuple[dic
     execution = h.execution_config(device.type)
     training = case.training_config()
     losses: list[float] = []
-    _sync(device)
+    h.sync(device)
     t0 = time.perf_counter()
     bundle = train_model(scan, training, execution, on_epoch=lambda r: losses.append(r.train_loss))
-    _sync(device)
+    h.sync(device)
     train_s = time.perf_counter() - t0
     net = reconstruct_object(bundle, scan, InferenceConfig(model=bundle.model_config, refine_iterations=0), execution)
     network_s = float(net.network_seconds if net.network_seconds is not None else net.seconds)
@@ -154,7 +151,7 @@ def capacity(case: Any, scan_path: Path, device: torch.device, budget_s: float,
     losses: list[float] = []
     t0 = time.perf_counter()
     bundle = train_model(scan, config(epochs), execution, on_epoch=lambda r: losses.append(r.train_loss))
-    _sync(device)
+    h.sync(device)
     train_s = time.perf_counter() - t0
     steps = epochs * -(-scan.num_positions // int(settings["batch_size"]))
     objects = {}
