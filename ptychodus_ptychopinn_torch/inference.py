@@ -6,6 +6,10 @@ patches reproduce the object exactly (no bilinear resampling, which loses detail
 are averaged with a power of the probe amplitude as weight, ``w = (|P| / max |P|) ** e`` (``e = 2``,
 the probe intensity, by default): ``O = sum(w_i O_i) / sum(w_i)``. Accumulation
 happens on the compute device with scatter-adds, so memory is the canvas plus one batch.
+
+A supervised network trained on integer-window labels (`data.dataset.extract_windows`) predicts
+the window at its integer pixel; its patches are placed there without a shift
+(``subpixel=False``).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ __all__ = ["PatchStitcher", "stitch_patches"]
 class PatchStitcher:
     """Accumulates weighted patches into an ``(H, W)`` canvas on ``device``."""
 
-    def __init__(self, shape: tuple[int, int], weight: torch.Tensor, *, device: torch.device) -> None:
+    def __init__(self, shape: tuple[int, int], weight: torch.Tensor, *, device: torch.device,
+                 subpixel: bool = True) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
+        self.subpixel = subpixel
         self.n = int(weight.shape[-1])
         self.device = device
         self.weight = weight.to(device=device, dtype=torch.float32)
@@ -38,15 +44,20 @@ class PatchStitcher:
         self._cols = ramp.view(1, 1, self.n)
 
     def add(self, patches: torch.Tensor, positions_px: torch.Tensor) -> None:
-        """Add ``(K, N, N)`` complex patches centred at ``(K, 2)`` object-pixel positions (x, y)."""
+        """Add ``(K, N, N)`` complex patches centred at ``(K, 2)`` object-pixel positions (x, y)
+        (with ``subpixel=False``: the integer windows of those positions, placed unshifted)."""
         patches = patches.to(self.device, torch.complex64)
         pos = positions_px.to(self.device, torch.float64)
         half = (self.n - 1) / 2.0
         lower = torch.floor(pos - half)
-        frac = (pos - half - lower).to(torch.float32)  # in [0, 1)
-        ramp = physics.fourier_shift_ramp((self.n, self.n), frac, device=self.device)
-        weights = torch.fft.ifft2(self._weight_spectrum * ramp).real
-        weighted = physics.fourier_shift(patches, frac) * weights
+        if self.subpixel:
+            frac = (pos - half - lower).to(torch.float32)  # in [0, 1)
+            ramp = physics.fourier_shift_ramp((self.n, self.n), frac, device=self.device)
+            weights = torch.fft.ifft2(self._weight_spectrum * ramp).real
+            weighted = physics.fourier_shift(patches, frac) * weights
+        else:
+            weights = self.weight.expand(patches.shape[0], -1, -1)
+            weighted = patches * weights
         lower = lower.to(torch.long)
         rows = lower[:, 1].view(-1, 1, 1) + self._rows
         cols = lower[:, 0].view(-1, 1, 1) + self._cols
@@ -84,6 +95,7 @@ def stitch_patches(
     device: torch.device | None = None,
     on_batch: Callable[[int], None] | None = None,
     weight_exponent: float = 2.0,
+    subpixel: bool = True,
 ) -> torch.Tensor:
     """Stitch an iterable of ``(patches (K, N, N), positions (K, 2))`` into an ``(H, W)`` object.
 
@@ -91,7 +103,7 @@ def stitch_patches(
     """
     weight = physics.probe_weight(probe, weight_exponent)
     dev = device if device is not None else weight.device
-    stitcher = PatchStitcher(shape, weight, device=dev)
+    stitcher = PatchStitcher(shape, weight, device=dev, subpixel=subpixel)
     for i, (patches, positions) in enumerate(batches):
         stitcher.add(patches, positions)
         if on_batch is not None:

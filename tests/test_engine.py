@@ -246,3 +246,23 @@ def test_stitch_weight_exponent_is_chosen_by_the_trained_models_type(scan, model
     other = 5.0 - automatic
     assert np.array_equal(auto, stitched(automatic))
     assert not np.allclose(auto, stitched(other))
+
+
+def test_supervised_models_are_stitched_as_their_labels_were_cut(scan, caplog):
+    """A supervised model trained now records integer-window labels and is stitched unshifted; a
+    supervised model file without that record (trained on shifted patches) keeps the Fourier
+    shift, and so does every PINN."""
+    import dataclasses as dc
+
+    bundle = train_model(scan, _supervised(), CPU)
+    assert bundle.provenance["label_alignment"] == engine.LABEL_ALIGNMENT
+    assert engine.stitch_subpixel(bundle) is False
+    older = dc.replace(bundle, provenance={k: v for k, v in bundle.provenance.items() if k != "label_alignment"})
+    assert engine.stitch_subpixel(older) is True
+    inference = InferenceConfig(refine_iterations=0)
+    with caplog.at_level(logging.INFO, logger=engine.logger.name):
+        now = reconstruct_object(bundle, scan, inference, CPU).object
+    assert "at their integer pixel" in caplog.text
+    assert not np.allclose(now, reconstruct_object(older, scan, inference, CPU).object)
+    pinn = train_model(scan, tiny(nepochs=1), CPU)
+    assert pinn.provenance["label_alignment"] is None and engine.stitch_subpixel(pinn) is True

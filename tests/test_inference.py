@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptychodus_ptychopinn_torch.data.dataset import extract_patches
+from ptychodus_ptychopinn_torch.data.dataset import extract_patches, extract_windows
 from ptychodus_ptychopinn_torch.data.io import scan_from_reconstruct_input
 from ptychodus_ptychopinn_torch.evaluation import evaluate_object
 from ptychodus_ptychopinn_torch.inference import PatchStitcher, stitch_patches
@@ -134,3 +134,28 @@ def test_stitch_weight_is_a_power_of_the_relative_probe_amplitude():
         obj = stitch_patches([(patches, positions)], (n, n + 1), probe, weight_exponent=e)
         expected = (w_a * 1.0 + 1.0 * 5.0) / (w_a + 1.0)
         assert abs(complex(obj[1, 2]) - expected) < 1e-5, (e, complex(obj[1, 2]))
+
+
+def test_integer_windows_are_exact_slices_and_stitch_back_exactly():
+    """Supervised labels: a bright pixel at object (x, y) = (21, 11) sits in the window of a
+    position (20.3, 10.8) at (row, col) = (11 - floor(10.8 - 3.5), 21 - floor(20.3 - 3.5)), and
+    integer windows stitched unshifted (``subpixel=False``) give the object back exactly at
+    sub-pixel positions, where Fourier-shifted patches of a sharp object do not."""
+    n = 8
+    obj = np.zeros((24, 36), np.complex64)
+    obj[11, 21] = 1.0
+    window = extract_windows(obj, np.array([[20.3, 10.8]]), n)
+    assert window.shape == (1, n, n) and window.dtype == np.complex64
+    assert np.argwhere(np.abs(window[0]) > 0).tolist() == [[11 - 7, 21 - 16]]
+
+    rng = np.random.default_rng(0)
+    sharp = (0.5 + 0.5 * rng.random((40, 40)) * np.exp(1j * rng.random((40, 40)))).astype(np.complex64)
+    positions = np.array([[x, y] for x in np.arange(12.0, 28.0, 2.3) for y in np.arange(12.0, 28.0, 2.7)])
+    ones = torch.ones(n, n, dtype=torch.complex64)
+    pos = torch.as_tensor(positions)
+    exact = stitch_patches([(torch.as_tensor(extract_windows(sharp, positions, n)), pos)], sharp.shape, ones,
+                           subpixel=False).numpy()
+    shifted = stitch_patches([(torch.as_tensor(extract_patches(sharp, positions, n)), pos)], sharp.shape, ones).numpy()
+    covered = exact != 0
+    assert np.allclose(exact[covered], sharp[covered], atol=1e-6)
+    assert np.abs(shifted[covered] - sharp[covered]).max() > 1e-2

@@ -9,6 +9,12 @@ Conventions (pinned by tests against ``ptychodus.api.simulate``):
   ``|F(shift(P, +dx, +dy) * O[window])|^2``; the object patch seen by the *unshifted*
   probe is therefore ``shift(O[window], -dx, -dy)`` (``|F|^2`` is shift invariant), which
   puts the position exactly at patch pixel ((N-1)/2, (N-1)/2).
+* Supervised labels (``truth``) are the integer windows ``O[window]`` themselves
+  (`extract_windows`): exactly the object part of the simulator's exit wave, while a
+  sub-pixel Fourier shift of a sharp photograph is not exact (shifted labels stitch back to
+  amplitude SSIM 0.97 on a brick photograph, and capped a supervised fit near 0.85;
+  docs/performance.md, "Capacity"). The network then learns the sub-pixel remainder from the
+  pattern, and its patches are stitched at their integer pixel without a shift.
 * ``coords_relative = -(r_c - mean_c r_c)`` in (x, y) pixels (PtychoPINN's
   ``local_offset_sign = -1``).
 """
@@ -26,6 +32,7 @@ from .scan import ScanData, mean_total_intensity
 __all__ = [
     "GroupedDataset",
     "extract_patches",
+    "extract_windows",
     "fourier_shift_patches",
     "normalisation_factor",
     "split_groups",
@@ -65,6 +72,31 @@ def fourier_shift_patches(patches: np.ndarray, dx: np.ndarray, dy: np.ndarray) -
     return scipy.fft.ifft2(spectrum * ramp, axes=(-2, -1))
 
 
+def _window_starts(positions_px: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: N803
+    """``(positions (M, 2), x_lower, y_lower)``: each position's integer window start."""
+    pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
+    r = (N - 1) / 2.0
+    return pos, np.floor(pos[:, 0] - r).astype(np.int64), np.floor(pos[:, 1] - r).astype(np.int64)
+
+
+def extract_windows(obj: np.ndarray, positions_px: np.ndarray, N: int) -> np.ndarray:  # noqa: N803
+    """(M, N, N) complex64 integer windows ``O[y_lower:y_lower+N, x_lower:x_lower+N]``, no shift.
+
+    The supervised labels: the object part of the simulator's exit wave, exact for any object.
+    Parts of a window outside the canvas read as zero.
+    """
+    obj = np.asarray(obj)
+    if obj.ndim != 2:
+        raise ValueError(f"object must be a 2-D (H, W) array; got shape {obj.shape}")
+    pos, x_lower, y_lower = _window_starts(positions_px, N)
+    if pos.shape[0] == 0:
+        return np.zeros((0, N, N), dtype=np.complex64)
+    padded = np.pad(obj.astype(np.complex64), N)
+    rows = np.clip((y_lower + N)[:, None] + np.arange(N)[None, :], 0, padded.shape[0] - 1)
+    cols = np.clip((x_lower + N)[:, None] + np.arange(N)[None, :], 0, padded.shape[1] - 1)
+    return padded[rows[:, :, None], cols[:, None, :]]
+
+
 def extract_patches(obj: np.ndarray, positions_px: np.ndarray, N: int) -> np.ndarray:  # noqa: N803
     """(M, N, N) complex64 object patches centred on each (x, y) position (see module doc).
 
@@ -100,7 +132,8 @@ def extract_patches(obj: np.ndarray, positions_px: np.ndarray, N: int) -> np.nda
 
 
 class GroupedDataset(Dataset):
-    """Groups of normalised amplitudes with their relative offsets.
+    """Groups of normalised amplitudes with their relative offsets (and, for supervised
+    training, the label windows).
 
     The small per-group arrays are built once as contiguous tensors; the amplitudes are read
     from the scan's pattern stack when an item or batch is asked for (``sqrt`` of the stored
@@ -108,7 +141,7 @@ class GroupedDataset(Dataset):
     ``amplitudes`` float32 (C, N, N) = kappa * amplitudes[groups[i]];
     ``coords_relative`` float32 (C, 2) = -(r_c - mean_c r_c), (x, y) pixels;
     ``positions`` float64 (C, 2) absolute (x, y); ``index`` int64 (C,) pattern indices;
-    ``truth`` complex64 (C, N, N) object patches, only with ``with_truth=True``.
+    ``truth`` complex64 (C, N, N) integer object windows (`extract_windows`), only with ``with_truth=True``.
     """
 
     def __init__(
@@ -138,8 +171,7 @@ class GroupedDataset(Dataset):
         self.coords_relative = torch.from_numpy(rel.astype(np.float32))
         self.truth: torch.Tensor | None = None
         if with_truth:
-            patches = extract_patches(scan.object_guess, scan.positions_px, scan.N)
-            self.truth = torch.from_numpy(patches)
+            self.truth = torch.from_numpy(extract_windows(scan.object_guess, scan.positions_px, scan.N))
 
     def __len__(self) -> int:
         return int(self.groups.shape[0])

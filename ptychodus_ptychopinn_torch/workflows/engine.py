@@ -40,6 +40,8 @@ from ..refinement import (
 from ..training import EpochReport, PtychoPINNModule, TrainingCancelled, TrainingDiverged, fit
 
 __all__ = [
+    "LABEL_ALIGNMENT",
+    "stitch_subpixel",
     "EpochReport",
     "Reconstruction",
     "RefinementSummary",
@@ -54,6 +56,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: How supervised labels are cut (`data.dataset.extract_windows`), recorded in each supervised
+#: model's provenance so that stitching matches what the network learned (`stitch_subpixel`).
+LABEL_ALIGNMENT = "integer-window"
 
 
 @dataclass(frozen=True)
@@ -251,6 +257,9 @@ def train_model(
         "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
         "final_val_loss": history["val_loss"][-1] if history["val_loss"] else None,
         "supervised_labels": labels,
+        # Supervised labels are integer windows since 2026-11-30; older supervised models learned
+        # Fourier-shifted patches and keep the shifted stitching (`stitch_subpixel`).
+        "label_alignment": LABEL_ALIGNMENT if supervised else None,
         "dataset": {
             "num_patterns": scan.num_positions,
             "num_training_groups": int(len(train_groups)),
@@ -329,11 +338,23 @@ def inference_devices(execution: ExecutionConfig) -> list[torch.device]:
     return [device]
 
 
+def stitch_subpixel(bundle: ModelBundle) -> bool:
+    """Whether ``bundle``'s patches are stitched with a sub-pixel Fourier shift.
+
+    A PINN's patches are the object seen by the unshifted probe, so they are shifted into place.
+    A supervised model trained on integer-window labels (provenance ``label_alignment``) predicts
+    the window at its integer pixel and is placed there unshifted; a supervised model file
+    without that record learned shifted patches and keeps the shift.
+    """
+    return not (bundle.model_config.model_type == "supervised"
+                and bundle.provenance.get("label_alignment") == LABEL_ALIGNMENT)
+
+
 def _stitch_shard(network, dataset: GroupedDataset, indices: np.ndarray, shape, weight, device,
                   batch_size: int, precision: str, n: int, progress: Callable[[], None],
-                  should_stop: Callable[[], bool] | None) -> PatchStitcher:
+                  should_stop: Callable[[], bool] | None, subpixel: bool = True) -> PatchStitcher:
     """Predict and stitch one shard of groups on one device."""
-    stitcher = PatchStitcher(shape, weight, device=device)
+    stitcher = PatchStitcher(shape, weight, device=device, subpixel=subpixel)
     pin = device.type == "cuda"
     autocast = precision == "bf16-mixed"
     with torch.inference_mode():
@@ -387,6 +408,9 @@ def reconstruct_object(
     logger.info("stitching weight (|P| / max |P|) ** %g%s", exponent,
                 f" (automatic for a {model_cfg.model_type} model)" if inference.stitch_weight_exponent is None else "")
     weight = physics.probe_weight(torch.as_tensor(scan.probe, dtype=torch.complex64), exponent)
+    subpixel = stitch_subpixel(bundle)
+    logger.info("patches placed %s", "with their sub-pixel Fourier shift" if subpixel
+                else "at their integer pixel (integer-window labels)")
     shards = np.array_split(np.arange(len(groups)), len(devices))
     predict_batches = sum(math.ceil(len(s) / batch_size) for s in shards)
     refine_batches = inference.refine_iterations * math.ceil(scan.num_positions / REFINE_BATCH_SIZE)
@@ -404,7 +428,7 @@ def reconstruct_object(
         if execution.compile:
             network.generator.compile()
         return _stitch_shard(network, dataset, shards[k], scan.object_shape, weight, devices[k],
-                             batch_size, execution.precision, model_cfg.N, progress, should_stop)
+                             batch_size, execution.precision, model_cfg.N, progress, should_stop, subpixel)
 
     if len(devices) == 1:
         stitchers = [run(0)]
