@@ -72,11 +72,30 @@ def fourier_shift_patches(patches: np.ndarray, dx: np.ndarray, dy: np.ndarray) -
     return scipy.fft.ifft2(spectrum * ramp, axes=(-2, -1))
 
 
-def _window_starts(positions_px: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: N803
-    """``(positions (M, 2), x_lower, y_lower)``: each position's integer window start."""
+def _windows(
+    obj: np.ndarray, positions_px: np.ndarray, N: int, margin: int, dtype: type  # noqa: N803
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(windows (M, N + 2 margin, N + 2 margin), dx, dy)``: the integer windows around each (x, y)
+    position, widened by ``margin`` on every side, and each position's sub-pixel remainder.
+
+    The window of a position starts at ``floor(p - (N - 1) / 2)``; parts outside the canvas read as zero.
+    """
+    obj = np.asarray(obj)
+    if obj.ndim != 2:
+        raise ValueError(f"object must be a 2-D (H, W) array; got shape {obj.shape}")
     pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
+    size = N + 2 * margin
+    if pos.shape[0] == 0:
+        empty = np.zeros(0, dtype=np.float64)
+        return np.zeros((0, size, size), dtype=dtype), empty, empty
     r = (N - 1) / 2.0
-    return pos, np.floor(pos[:, 0] - r).astype(np.int64), np.floor(pos[:, 1] - r).astype(np.int64)
+    x_lower = np.floor(pos[:, 0] - r).astype(np.int64)
+    y_lower = np.floor(pos[:, 1] - r).astype(np.int64)
+    padded = np.pad(obj.astype(dtype), size)
+    rows = np.clip((y_lower + size - margin)[:, None] + np.arange(size)[None, :], 0, padded.shape[0] - 1)
+    cols = np.clip((x_lower + size - margin)[:, None] + np.arange(size)[None, :], 0, padded.shape[1] - 1)
+    windows = padded[rows[:, :, None], cols[:, None, :]]  # far outside: clipped into the zero border
+    return windows, pos[:, 0] - (x_lower + r), pos[:, 1] - (y_lower + r)
 
 
 def extract_windows(obj: np.ndarray, positions_px: np.ndarray, N: int) -> np.ndarray:  # noqa: N803
@@ -85,16 +104,7 @@ def extract_windows(obj: np.ndarray, positions_px: np.ndarray, N: int) -> np.nda
     The supervised labels: the object part of the simulator's exit wave, exact for any object.
     Parts of a window outside the canvas read as zero.
     """
-    obj = np.asarray(obj)
-    if obj.ndim != 2:
-        raise ValueError(f"object must be a 2-D (H, W) array; got shape {obj.shape}")
-    pos, x_lower, y_lower = _window_starts(positions_px, N)
-    if pos.shape[0] == 0:
-        return np.zeros((0, N, N), dtype=np.complex64)
-    padded = np.pad(obj.astype(np.complex64), N)
-    rows = np.clip((y_lower + N)[:, None] + np.arange(N)[None, :], 0, padded.shape[0] - 1)
-    cols = np.clip((x_lower + N)[:, None] + np.arange(N)[None, :], 0, padded.shape[1] - 1)
-    return padded[rows[:, :, None], cols[:, None, :]]
+    return _windows(obj, positions_px, N, 0, np.complex64)[0]
 
 
 def extract_patches(obj: np.ndarray, positions_px: np.ndarray, N: int) -> np.ndarray:  # noqa: N803
@@ -102,33 +112,14 @@ def extract_patches(obj: np.ndarray, positions_px: np.ndarray, N: int) -> np.nda
 
     Parts of a window outside the canvas read as zero.
     """
-    obj = np.asarray(obj)
-    if obj.ndim != 2:
-        raise ValueError(f"object must be a 2-D (H, W) array; got shape {obj.shape}")
-    pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
-    if pos.shape[0] == 0:
-        return np.zeros((0, N, N), dtype=np.complex64)
-    r = (N - 1) / 2.0
-    x_lower = np.floor(pos[:, 0] - r).astype(np.int64)
-    y_lower = np.floor(pos[:, 1] - r).astype(np.int64)
-    dx = pos[:, 0] - (x_lower + r)
-    dy = pos[:, 1] - (y_lower + r)
-
     # Cut windows with a margin and shift those: the Fourier shift treats a window as
     # periodic, and the margin keeps the ringing from its edges out of the returned patch.
     margin = N // 4
-    size = N + 2 * margin
-    padded = np.pad(obj.astype(np.complex128), size)
-    rows = (y_lower + size - margin)[:, None] + np.arange(size)[None, :]
-    cols = (x_lower + size - margin)[:, None] + np.arange(size)[None, :]
-    rows = np.clip(rows, 0, padded.shape[0] - 1)  # far outside: clipped into the zero border
-    cols = np.clip(cols, 0, padded.shape[1] - 1)
-    windows = padded[rows[:, :, None], cols[:, None, :]]
+    windows, dx, dy = _windows(obj, positions_px, N, margin, np.complex128)
     frac = (dx != 0.0) | (dy != 0.0)  # pixel-centred positions stay exact slices
     if np.any(frac):
         windows[frac] = fourier_shift_patches(windows[frac], -dx[frac], -dy[frac])
-    windows = windows[:, margin : margin + N, margin : margin + N]
-    return windows.astype(np.complex64)
+    return windows[:, margin : margin + N, margin : margin + N].astype(np.complex64)
 
 
 class GroupedDataset(Dataset):
