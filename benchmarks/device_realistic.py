@@ -131,13 +131,13 @@ def ptychi(npz: Path, device: torch.device, until_seconds: float, python: Path, 
     return record, objects
 
 
-def capacity(case: Any, scan_path: Path, device: torch.device, budget_s: float,
+def capacity(case: Any, scan: Any, device: torch.device, budget_s: float,
              log=print) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Supervised fit of the true object (refined_labels.SETTINGS), epochs sized to ``budget_s``."""
+    """Supervised fit of the true object (``scan.object_guess``; refined_labels.SETTINGS), epochs
+    sized to ``budget_s``."""
     from ptychodus_ptychopinn_torch.config import InferenceConfig
     from ptychodus_ptychopinn_torch.workflows.engine import reconstruct_object, train_model
 
-    scan = load_scan(scan_path, with_truth=True)
     settings = dict(refined_labels.SETTINGS)
     execution = h.execution_config(device.type, settings["precision"])
 
@@ -184,9 +184,12 @@ def run(args: argparse.Namespace) -> int:
         h.finish_info(info, start)
         h.write_json(args.out / "device-realistic-run.json", doc)
 
+    first_scan = None  # with its truth, for the capacity fit
     for name in names:
         case, npz = cases[name], args.scans / f"{name}.npz"
-        scan = load_scan(npz)
+        scan = load_scan(npz, with_truth=True)
+        first_scan = scan if first_scan is None else first_scan
+        scan = dataclasses.replace(scan, object_guess=None)
         if scan.num_positions != case.num_positions:
             raise SystemExit(f"{npz} holds {scan.num_positions} positions but case {name} has {case.num_positions}: "
                              "export and run with the same --quick")
@@ -199,8 +202,7 @@ def run(args: argparse.Namespace) -> int:
             save(name)
     if args.capacity_seconds > 0:  # last: its length is a time budget
         name = names[0]
-        doc["cases"][name]["capacity"], more = capacity(cases[name], args.scans / f"{name}.npz", device,
-                                                        args.capacity_seconds)
+        doc["cases"][name]["capacity"], more = capacity(cases[name], first_scan, device, args.capacity_seconds)
         objects[name].update(more)
         save(name)
     print(f"wrote {args.out}/device-realistic-run.json", flush=True)

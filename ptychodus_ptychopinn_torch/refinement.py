@@ -17,7 +17,12 @@ gradient step of the amplitude (variance-stabilised Poisson) likelihood, precond
 illumination so bright and dim pixels converge at the same rate. Optionally the probe gets the
 symmetric update. Over the last ``anneal_fraction`` of the sets the step shrinks linearly to
 ``final_step`` of itself: at a fixed step each set's update leaves the object off the optimum by
-that set's photon noise, and the shrinking steps average it out (`step_scale`). Memory is the canvas plus one batch (plus, with a fixed probe, every position's
+that set's photon noise, and the shrinking steps average it out (`step_scale`). Until then, after
+each pass the canvas also moves on along its recent direction (``momentum``: the pass-to-pass
+change, accumulated with decay ``momentum`` and added times ``momentum``, as mPIE does): the
+projection step corrects the fine detail within a few passes but the slow, low-frequency part of
+the phase only creeps, and the extrapolation speeds that up (measured: the same image in about
+half the passes). Memory is the canvas plus one batch (plus, with a fixed probe, every position's
 shifted probe and counts when they fit `POSITION_CACHE_BYTES`); everything runs on one device.
 
 Why not plain Adam on the pixels: measured (shared/docs/findings.md, item 12), Adam at a fixed
@@ -77,6 +82,8 @@ class RefinementOptions:
     divergence_patience: stop after the pass loss rose this many passes in a row.
     anneal_fraction: the last fraction of all sets over which the step shrinks (0 = fixed step).
     final_step:   the step at the very end, relative to ``step``.
+    momentum:     after each pass before the annealing, add ``momentum`` times the velocity (the
+                  decayed sum of pass-to-pass changes) to the canvas; in [0, 1), 0 = off.
     seed:         order of positions in each pass.
     noise_model:  ``poisson`` (half the Poisson-NLL gradient of the exit wave; measured best at
                   10^3 and 10^5 photons) or ``amplitude`` (replace the modulus by sqrt(counts),
@@ -94,6 +101,7 @@ class RefinementOptions:
     noise_model: str = "poisson"
     anneal_fraction: float = 0.15
     final_step: float = 0.25
+    momentum: float = 0.5
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
@@ -110,6 +118,8 @@ class RefinementOptions:
             raise ValueError(f"refinement anneal_fraction={self.anneal_fraction!r} is invalid; expected a number in [0, 1]")
         if not 0.0 < float(self.final_step) <= 1.0:
             raise ValueError(f"refinement final_step={self.final_step!r} is invalid; expected a number in (0, 1]")
+        if not 0.0 <= float(self.momentum) < 1.0:
+            raise ValueError(f"refinement momentum={self.momentum!r} is invalid; expected a number in [0, 1)")
         if self.noise_model not in ("poisson", "amplitude"):
             raise ValueError(f"refinement noise_model={self.noise_model!r} is invalid; expected 'poisson' or 'amplitude'")
 
@@ -481,6 +491,9 @@ def refine_object(
     num_buf = torch.zeros_like(canvas)
     den_buf = torch.zeros(canvas.shape, dtype=torch.float32, device=device)
     sparse = canvas.numel() > 2 * options.batch_size * n * n
+    eta = float(options.momentum)
+    velocity = torch.zeros_like(canvas) if eta > 0.0 else None
+    anchor = canvas.clone() if eta > 0.0 else None  # the canvas after the previous pass
     for it in range(options.iterations):
         t0 = time.perf_counter()
         order = torch.randperm(m, generator=generator)
@@ -536,6 +549,12 @@ def refine_object(
                        f"(diverging); kept the object of pass {best[3]}")
             logger.warning(stopped)
             break
+        if velocity is not None:
+            full_step = step_scale(done / total_batches, options.anneal_fraction, options.final_step) == 1.0
+            if full_step and it + 1 < options.iterations:
+                velocity.mul_(eta).add_(canvas - anchor)
+                canvas.add_(velocity, alpha=eta)
+            anchor.copy_(canvas)
     if stopped:
         # The pass loss is measured while the object changes; the best object is the one after
         # the pass with the lowest loss (or the start if no pass improved on it).

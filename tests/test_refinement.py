@@ -175,7 +175,8 @@ def test_annealing_changes_only_the_last_passes(clean):
 
 
 @pytest.mark.parametrize("bad", [{"iterations": -1}, {"batch_size": 0}, {"step": 0.0}, {"alpha": 1.5},
-                                 {"noise_model": "gauss"}, {"anneal_fraction": 1.5}, {"final_step": 0.0}])
+                                 {"noise_model": "gauss"}, {"anneal_fraction": 1.5}, {"final_step": 0.0},
+                                 {"momentum": 1.0}, {"momentum": -0.1}])
 def test_bad_options_are_rejected(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         RefinementOptions(**bad)
@@ -285,3 +286,21 @@ def test_position_cache_gives_the_same_refinement_bit_for_bit(clean, monkeypatch
     refine_object(None, scan.probe, lazy, RefinementOptions(iterations=3, refine_probe=True, probe_start=1))
     refine_object(None, scan.probe, lazy, RefinementOptions(iterations=0))  # no pass: nothing to cache
     assert built == [1]
+
+
+def test_momentum_accelerates_and_leaves_the_first_pass_and_the_annealing_alone(clean):
+    """The momentum extrapolates after a pass: the first pass is the plain step's exactly, later
+    ones reach a lower likelihood in the same passes; from where the step anneals on it is off,
+    so a run whose whole length anneals is the plain rule (its effect on realistic scans is in
+    docs/performance.md, "Refinement momentum")."""
+    _, scan, data, _ = clean
+    plain, fast = (refine_object(None, scan.probe, data, RefinementOptions(iterations=12, momentum=m,
+                                                                           anneal_fraction=0.0))
+                   for m in (0.0, 0.5))
+    assert plain.losses[0] == fast.losses[0]
+    assert fast.losses[-1] < plain.losses[-1]
+    assert sum(fast.losses[2:]) < sum(plain.losses[2:])
+    off = [refine_object(None, scan.probe, data, RefinementOptions(iterations=4, momentum=m, anneal_fraction=1.0))
+           for m in (0.0, 0.5)]
+    assert off[0].losses == off[1].losses
+    assert np.array_equal(off[0].object, off[1].object)
