@@ -22,8 +22,10 @@ each pass the canvas also moves on along its recent direction (``momentum``: the
 change, accumulated with decay ``momentum`` and added times ``momentum``, as mPIE does): the
 projection step corrects the fine detail within a few passes but the slow, low-frequency part of
 the phase only creeps, and the extrapolation speeds that up (measured: the same image in about
-half the passes). Memory is the canvas plus one batch (plus, with a fixed probe, every position's
-shifted probe and counts when they fit `POSITION_CACHE_BYTES`); everything runs on one device.
+half the passes). Memory is a few canvas-sized arrays (the canvas, the step's two accumulators
+and, with momentum, its velocity and the previous pass's canvas) plus one batch (plus, with a fixed
+probe, every position's shifted probe and counts when they fit `POSITION_CACHE_BYTES`); everything
+runs on one device.
 
 Why not plain Adam on the pixels: measured (shared/docs/findings.md, item 12), Adam at a fixed
 step drives the phase well but lets the amplitude drift; the illumination-preconditioned
