@@ -23,7 +23,7 @@ change, accumulated with decay ``momentum`` and added times ``momentum``, as mPI
 projection step corrects the fine detail within a few passes but the slow, low-frequency part of
 the phase only creeps, and the extrapolation speeds that up (measured: the same image in about
 half the passes). Memory is a few canvas-sized arrays (the canvas, the step's two accumulators
-and, with momentum, its velocity and the previous pass's canvas) plus one batch (plus, with a fixed
+and one for the momentum) plus one batch (plus, with a fixed
 probe, every position's shifted probe and counts when they fit `POSITION_CACHE_BYTES`); everything
 runs on one device.
 
@@ -494,8 +494,9 @@ def refine_object(
     den_buf = torch.zeros(canvas.shape, dtype=torch.float32, device=device)
     sparse = canvas.numel() > 2 * options.batch_size * n * n
     eta = float(options.momentum)
-    velocity = torch.zeros_like(canvas) if eta > 0.0 else None
-    anchor = canvas.clone() if eta > 0.0 else None  # the canvas after the previous pass
+    # momentum needs one more canvas: ``base`` = the previous pass's canvas minus eta times the
+    # velocity, so that this pass's velocity is ``canvas - base`` (none for a single pass)
+    base = canvas.clone() if eta > 0.0 and options.iterations > 1 else None
     for it in range(options.iterations):
         t0 = time.perf_counter()
         order = torch.randperm(m, generator=generator)
@@ -551,12 +552,13 @@ def refine_object(
                        f"(diverging); kept the object of pass {best[3]}")
             logger.warning(stopped)
             break
-        if velocity is not None:
-            full_step = step_scale(done / total_batches, options.anneal_fraction, options.final_step) == 1.0
-            if full_step and it + 1 < options.iterations:
-                velocity.mul_(eta).add_(canvas - anchor)
-                canvas.add_(velocity, alpha=eta)
-            anchor.copy_(canvas)
+        full_step = step_scale(done / total_batches, options.anneal_fraction, options.final_step) == 1.0
+        if base is not None and full_step and it + 1 < options.iterations:
+            # v = eta v_prev + (canvas - previous canvas) = canvas - base; canvas += eta v; and for
+            # the next pass base = (canvas + eta v) - eta v, the canvas before this jump
+            base.neg_().add_(canvas)
+            canvas.add_(base, alpha=eta)
+            base.mul_(-eta).add_(canvas)
     if stopped:
         # The pass loss is measured while the object changes; the best object is the one after
         # the pass with the lowest loss (or the start if no pass improved on it).
