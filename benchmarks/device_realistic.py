@@ -188,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         case, npz = cases[name], args.scans / f"{name}.npz"
         scan = load_scan(npz, with_truth=True)
-        first_scan = scan if first_scan is None else first_scan
+        if first_scan is None:
+            first_scan = scan
         scan = dataclasses.replace(scan, object_guess=None)
         if scan.num_positions != case.num_positions:
             raise SystemExit(f"{npz} holds {scan.num_positions} positions but case {name} has {case.num_positions}: "

@@ -552,8 +552,8 @@ def refine_object(
                        f"(diverging); kept the object of pass {best[3]}")
             logger.warning(stopped)
             break
-        full_step = step_scale(done / total_batches, options.anneal_fraction, options.final_step) == 1.0
-        if base is not None and full_step and it + 1 < options.iterations:
+        if (base is not None and it + 1 < options.iterations
+                and step_scale(done / total_batches, options.anneal_fraction, options.final_step) == 1.0):
             # v = eta v_prev + (canvas - previous canvas) = canvas - base; canvas += eta v; and for
             # the next pass base = (canvas + eta v) - eta v, the canvas before this jump
             base.neg_().add_(canvas)
